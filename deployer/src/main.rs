@@ -1,0 +1,4 @@
+#![forbid(unsafe_code)]
+fn main() -> anyhow::Result<()> {
+    anyhow::bail!("handoff: not implemented yet")
+}
