@@ -1,0 +1,113 @@
+//! handoff-proxy: a reverse proxy whose backend can be switched atomically,
+//! with the old backend drained before anyone stops it.
+//!
+//! The pipeline, one module per step: [`listener`] accepts, [`forward`] picks
+//! the active generation from the [`router`] and streams the exchange, [`drain`]
+//! counts what each generation still serves, [`control`] switches, [`state`]
+//! remembers. The binary (`main.rs`) turns flags into a [`config::Config`].
+#![forbid(unsafe_code)]
+
+pub mod body;
+pub mod config;
+pub mod control;
+pub mod drain;
+pub mod forward;
+pub mod headers;
+pub mod listener;
+pub mod router;
+pub mod state;
+pub mod switch;
+pub mod upstream;
+
+use config::Config;
+use handoff_shared::Listeners;
+use hyper_util::server::graceful::GracefulShutdown;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error(transparent)]
+    State(#[from] state::StateError),
+    #[error("invalid initial backend: {0}")]
+    Backend(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Control(#[from] control::ControlSocketError),
+}
+
+/// Runs the proxy until `shutdown` resolves, then stops accepting, lets
+/// in-flight requests finish (up to the drain timeout) and returns.
+/// `on_ready` is called once every listener is bound.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+    on_ready: impl FnOnce(&Listeners),
+) -> Result<(), ProxyError> {
+    let router = Arc::new(router::Router::new(config.upstream.clone()));
+    restore_backend(&config, &router)?;
+
+    let http = TcpListener::bind(config.http).await.map_err(|source| ProxyError::Bind { addr: config.http, source })?;
+    let http_addr = http.local_addr().map_err(|source| ProxyError::Bind { addr: config.http, source })?;
+    let control_listener = control::bind(&config.control, config.control_group)?;
+    let listeners = Listeners { http: Some(http_addr.to_string()), https: None };
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let control = Arc::new(control::Control {
+        router: Arc::clone(&router),
+        state_path: config.state.clone(),
+        default_drain_timeout: config.drain_timeout,
+        listeners: listeners.clone(),
+        switch_lock: tokio::sync::Mutex::new(()),
+        access: control::Access { own_uid: control::own_uid(), group: config.control_group },
+    });
+    let control_task = tokio::spawn(control.serve(control_listener, stop_rx.clone()));
+
+    let forwarder = Arc::new(forward::Forwarder { router: Arc::clone(&router), upstream_timeout: config.upstream_timeout });
+    let builder = Arc::new(listener::connection_builder(config.header_read_timeout));
+    let graceful = Arc::new(GracefulShutdown::new());
+    let http_task =
+        tokio::spawn(listener::serve_plain(http, forwarder, builder, Arc::clone(&graceful), stop_rx.clone()));
+
+    on_ready(&listeners);
+    tracing::info!(http = %http_addr, control = %config.control.display(), "handoff-proxy ready");
+
+    shutdown.await;
+    tracing::info!("shutting down: no new connections, waiting for in-flight requests");
+    let _ = stop_tx.send(true);
+    let _ = http_task.await;
+    let deadline = tokio::time::Instant::now() + config.drain_timeout;
+    let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| unreachable!("accept loops have ended"));
+    let connections_closed = tokio::time::timeout_at(deadline, graceful.shutdown()).await.is_ok();
+    // Upgraded connections (WebSockets) left hyper's watch; wait for them too.
+    let all: Vec<_> = router.active().into_iter().chain(router.retired()).collect();
+    for g in &all {
+        g.retire();
+    }
+    let outcome = drain::wait_all(&all, deadline.saturating_duration_since(tokio::time::Instant::now())).await;
+    control_task.abort();
+    let _ = std::fs::remove_file(&config.control);
+    tracing::info!(connections_closed, drained = outcome.drained, in_flight = outcome.in_flight, "stopped");
+    Ok(())
+}
+
+/// The state file wins over `--backend`, so a restart never undoes a deploy.
+fn restore_backend(config: &Config, router: &router::Router) -> Result<(), ProxyError> {
+    let saved = state::load(&config.state)?;
+    let (addr, from_flag) = match (saved.backend, &config.backend) {
+        (Some(addr), _) => (addr, false),
+        (None, Some(addr)) => (addr.clone(), true),
+        (None, None) => return Ok(()),
+    };
+    handoff_shared::parse_backend_addr(&addr).map_err(ProxyError::Backend)?;
+    let authority = addr.parse().map_err(|e| ProxyError::Backend(format!("{addr:?}: {e}")))?;
+    if from_flag {
+        state::save(&config.state, &state::State { backend: Some(addr.clone()) })?;
+    }
+    router.switch(authority);
+    tracing::info!(backend = %addr, source = if from_flag { "--backend" } else { "state file" }, "initial backend");
+    Ok(())
+}

@@ -1,0 +1,93 @@
+//! The active backend, read lock-free on every request.
+
+use crate::drain::{Generation, InFlight};
+use crate::upstream::{self, UpstreamSettings};
+use arc_swap::ArcSwapOption;
+use handoff_shared::DrainingGeneration;
+use http::uri::Authority;
+use std::sync::atomic::{fence, AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+
+/// Holds the active generation and the ones still draining.
+///
+/// The request path calls [`Router::acquire`] only: one `ArcSwap` load, one
+/// atomic increment, one re-check. The `retired` list behind a mutex is touched
+/// by switches, status calls and the reaper, never by a request.
+pub struct Router {
+    active: ArcSwapOption<Generation>,
+    retired: Arc<Mutex<Vec<Arc<Generation>>>>,
+    next_id: AtomicU64,
+    settings: UpstreamSettings,
+}
+
+impl Router {
+    pub fn new(settings: UpstreamSettings) -> Self {
+        Self { active: ArcSwapOption::empty(), retired: Arc::default(), next_id: AtomicU64::new(1), settings }
+    }
+
+    /// Picks the active generation for one request and counts the request on it.
+    ///
+    /// The increment happens before the re-check of `active`, and a switch
+    /// stores the new generation before it reads the old one's counter
+    /// (both sequentially consistent). So either this request sees the switch
+    /// and retries on the new generation, or the drain sees this request.
+    pub fn acquire(&self) -> Option<InFlight> {
+        loop {
+            let generation = self.active.load_full()?;
+            let guard = generation.enter();
+            fence(SeqCst);
+            let still_active = matches!(&*self.active.load(), Some(cur) if Arc::ptr_eq(cur, &generation));
+            if still_active {
+                return Some(guard);
+            }
+        }
+    }
+
+    /// Makes `addr` the active backend; returns the new and the previous
+    /// generation. Callers wait on [`Router::retired`] for the drain.
+    pub fn switch(&self, addr: Authority) -> (Arc<Generation>, Option<Arc<Generation>>) {
+        let id = self.next_id.fetch_add(1, SeqCst);
+        let new = Arc::new(Generation::new(id, addr, upstream::client(&self.settings)));
+        let previous = self.active.swap(Some(Arc::clone(&new)));
+        fence(SeqCst);
+        if let Some(prev) = &previous {
+            prev.retire();
+            self.retired.lock().expect("retired list poisoned").push(Arc::clone(prev));
+            self.reap_when_drained(Arc::clone(prev));
+        }
+        (new, previous)
+    }
+
+    /// Drops a retired generation from the list once its last request is done,
+    /// which closes its upstream pool.
+    fn reap_when_drained(&self, generation: Arc<Generation>) {
+        let retired = Arc::clone(&self.retired);
+        tokio::spawn(async move {
+            generation.drained().await;
+            retired.lock().expect("retired list poisoned").retain(|g| !Arc::ptr_eq(g, &generation));
+        });
+    }
+
+    pub fn active(&self) -> Option<Arc<Generation>> {
+        self.active.load_full()
+    }
+
+    /// Generations switched away from that still have requests.
+    pub fn retired(&self) -> Vec<Arc<Generation>> {
+        self.retired.lock().expect("retired list poisoned").clone()
+    }
+
+    pub fn draining(&self) -> Vec<DrainingGeneration> {
+        self.retired()
+            .iter()
+            .filter(|g| g.in_flight() > 0)
+            .map(|g| DrainingGeneration { backend: g.addr.to_string(), generation: g.id, in_flight: g.in_flight() })
+            .collect()
+    }
+
+    /// In-flight requests on every generation, active or draining.
+    pub fn total_in_flight(&self) -> u64 {
+        let active = self.active().map_or(0, |g| g.in_flight());
+        active + self.retired().iter().map(|g| g.in_flight()).sum::<u64>()
+    }
+}
