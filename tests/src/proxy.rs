@@ -1,0 +1,130 @@
+//! Starting and stopping the real `handoff-proxy` binary.
+
+use crate::{bin_path, TempDir};
+use handoff_shared::ControlClient;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+pub struct Proxy {
+    pub http: SocketAddr,
+    pub control: PathBuf,
+    pub state: PathBuf,
+    /// Where the proxy's own log (stderr) goes; printed when a test fails.
+    pub log: PathBuf,
+    pub dir: PathBuf,
+    child: Option<Child>,
+    _tmp: Option<Arc<TempDir>>,
+}
+
+impl Proxy {
+    /// Starts a proxy in a fresh temp dir on 127.0.0.1:0 with `extra` flags.
+    pub async fn start(extra: &[&str]) -> Proxy {
+        let tmp = Arc::new(TempDir::new("proxy"));
+        let mut p = Self::start_in(tmp.path(), extra).await;
+        p._tmp = Some(tmp);
+        p
+    }
+
+    /// Starts a proxy whose control socket and state file live in `dir`;
+    /// used to restart one on the same state.
+    pub async fn start_in(dir: &Path, extra: &[&str]) -> Proxy {
+        Self::try_start_in(dir, extra).await.unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like [`start_in`], but returns the failure (exit status and log) instead of panicking.
+    pub async fn try_start_in(dir: &Path, extra: &[&str]) -> Result<Proxy, String> {
+        let control = dir.join("control.sock");
+        let state = dir.join("state.json");
+        let log = dir.join(format!("proxy-{}.log", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()));
+        let mut child = Command::new(bin_path("handoff-proxy"))
+            .arg("--http")
+            .arg("127.0.0.1:0")
+            .arg("--control")
+            .arg(&control)
+            .arg("--state")
+            .arg(&state)
+            .args(extra)
+            .env("RUST_LOG", "info,handoff_proxy=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn handoff-proxy");
+        let stdout = tokio::process::ChildStdout::from_std(child.stdout.take().unwrap()).unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await;
+        let line = match ready {
+            Ok(Ok(Some(line))) => line,
+            other => {
+                let _ = child.kill();
+                let status = child.wait().ok();
+                let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+                return Err(format!("proxy did not become ready ({other:?}, exit {status:?}); log:\n{log_text}"));
+            }
+        };
+        // Keep draining stdout so the proxy never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let http = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("http="))
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected ready line {line:?}"));
+        Ok(Proxy { http, control, state, log, dir: dir.to_path_buf(), child: Some(child), _tmp: None })
+    }
+
+    pub fn client(&self) -> ControlClient {
+        ControlClient::new(&self.control)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.http, path)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Sends a signal by name (`TERM`, `KILL`, `HUP`) with the system's `kill`.
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status().expect("kill");
+        assert!(ok.success(), "kill -{sig} failed");
+    }
+
+    /// Waits for the process to exit (after a signal) and returns its status.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let pid = child.id();
+        match tokio::time::timeout(timeout, tokio::task::spawn_blocking(move || child.wait())).await {
+            Ok(status) => status.unwrap().expect("wait"),
+            Err(_) => {
+                let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+                panic!("proxy did not exit within {timeout:?}; log:\n{}", self.log_text())
+            }
+        }
+    }
+
+    /// Kills the process hard (SIGKILL), as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            eprintln!("--- handoff-proxy log ({}) ---\n{}", self.log.display(), self.log_text());
+        }
+    }
+}
