@@ -30,7 +30,10 @@ pub enum ControlSocketError {
     #[error("another handoff-proxy is already listening on {0}")]
     InUse(PathBuf),
     #[error("cannot create control socket {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 pub struct Control {
@@ -60,8 +63,14 @@ impl Access {
 /// created inside a fresh 0700 directory, given its final mode, then renamed
 /// into place. A socket file left by a crash is replaced; a live one is an error.
 pub fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener, ControlSocketError> {
-    let io = |source| ControlSocketError::Io { path: path.into(), source };
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let io = |source| ControlSocketError::Io {
+        path: path.into(),
+        source,
+    };
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io)?;
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
@@ -71,7 +80,10 @@ pub fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener, ControlSock
     }
     let private = dir.join(format!(".handoff-control.{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&private);
-    std::fs::DirBuilder::new().mode(0o700).create(&private).map_err(io)?;
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .map_err(io)?;
     let staged = private.join("sock");
     let result = (|| {
         let listener = UnixListener::bind(&staged)?;
@@ -89,11 +101,17 @@ pub fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener, ControlSock
 
 /// The uid this process runs as, read without `unsafe` from procfs.
 pub fn own_uid() -> u32 {
-    std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(0)
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(0)
 }
 
 impl Control {
-    pub async fn serve(self: Arc<Self>, listener: UnixListener, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: UnixListener,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
         loop {
             let stream = tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -115,7 +133,10 @@ impl Control {
             async move {
                 if !allowed {
                     tracing::warn!(uid, gid, "control client refused");
-                    return Ok::<_, std::convert::Infallible>(error(StatusCode::FORBIDDEN, format!("uid {uid} may not use this socket")));
+                    return Ok::<_, std::convert::Infallible>(error(
+                        StatusCode::FORBIDDEN,
+                        format!("uid {uid} may not use this socket"),
+                    ));
                 }
                 Ok(this.route(req, uid).await)
             }
@@ -156,7 +177,12 @@ impl Control {
     }
 
     async fn set_backend(&self, req: SetBackend, uid: u32) -> Response<ProxyBody> {
-        let drain_timeout = match req.drain_timeout.as_deref().map(handoff_shared::parse_duration).transpose() {
+        let drain_timeout = match req
+            .drain_timeout
+            .as_deref()
+            .map(handoff_shared::parse_duration)
+            .transpose()
+        {
             Ok(t) => t.unwrap_or(self.default_drain_timeout),
             Err(e) => return error(StatusCode::BAD_REQUEST, e),
         };
@@ -166,7 +192,9 @@ impl Control {
         };
         let (new, previous) = {
             let _serial = self.switch_lock.lock().await;
-            let state = State { backend: Some(req.addr.clone()) };
+            let state = State {
+                backend: Some(req.addr.clone()),
+            };
             let path = self.state_path.clone();
             match tokio::task::spawn_blocking(move || state::save(&path, &state)).await {
                 Ok(Ok(())) => {}
@@ -178,8 +206,13 @@ impl Control {
         tracing::info!(uid, backend = %new.addr, generation = new.id,
             previous = previous.as_ref().map(|p| p.addr.to_string()), "switched");
         let outcome = crate::drain::wait_all(&self.router.retired(), drain_timeout).await;
-        tracing::info!(generation = new.id, drained = outcome.drained, in_flight = outcome.in_flight,
-            waited_ms = outcome.waited.as_millis() as u64, "drain finished");
+        tracing::info!(
+            generation = new.id,
+            drained = outcome.drained,
+            in_flight = outcome.in_flight,
+            waited_ms = outcome.waited.as_millis() as u64,
+            "drain finished"
+        );
         json(
             StatusCode::OK,
             &handoff_shared::SwitchResponse {
@@ -195,15 +228,26 @@ impl Control {
 }
 
 /// Reads a bounded JSON body; every failure is a 4xx the caller can act on.
-async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, Response<ProxyBody>> {
+async fn read_json<T: serde::de::DeserializeOwned>(
+    req: Request<Incoming>,
+) -> Result<T, Response<ProxyBody>> {
     let bytes: Bytes = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(c) => c.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            return Err(error(StatusCode::PAYLOAD_TOO_LARGE, format!("request body is over {MAX_BODY} bytes")))
+            return Err(error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body is over {MAX_BODY} bytes"),
+            ))
         }
-        Err(e) => return Err(error(StatusCode::BAD_REQUEST, format!("cannot read request body: {e}"))),
+        Err(e) => {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read request body: {e}"),
+            ))
+        }
     };
-    serde_json::from_slice(&bytes).map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
+    serde_json::from_slice(&bytes)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
 }
 
 fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<ProxyBody> {
@@ -211,16 +255,28 @@ fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<ProxyBody> {
     body.push(b'\n');
     let mut resp = Response::new(ProxyBody::local(body));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     resp
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response<ProxyBody> {
-    json(status, &ErrorBody { error: message.into() })
+    json(
+        status,
+        &ErrorBody {
+            error: message.into(),
+        },
+    )
 }
 
 fn method_not_allowed(allow: &'static str) -> Response<ProxyBody> {
-    let mut resp = error(StatusCode::METHOD_NOT_ALLOWED, format!("method not allowed; use {allow}"));
-    resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+    let mut resp = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("method not allowed; use {allow}"),
+    );
+    resp.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
     resp
 }

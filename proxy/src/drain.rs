@@ -31,7 +31,14 @@ pub struct Generation {
 
 impl Generation {
     pub fn new(id: u64, addr: Authority, client: UpstreamClient) -> Self {
-        Self { id, addr, client, in_flight: AtomicU64::new(0), retired: AtomicBool::new(false), idle: Notify::new() }
+        Self {
+            id,
+            addr,
+            client,
+            in_flight: AtomicU64::new(0),
+            retired: AtomicBool::new(false),
+            idle: Notify::new(),
+        }
     }
 
     pub fn in_flight(&self) -> u64 {
@@ -41,7 +48,9 @@ impl Generation {
     /// Counts one more request on this generation until the guard is dropped.
     pub fn enter(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, SeqCst);
-        InFlight { generation: Arc::clone(self) }
+        InFlight {
+            generation: Arc::clone(self),
+        }
     }
 
     /// Marks the generation as switched away from, so that the last request
@@ -67,7 +76,9 @@ impl Generation {
 
     /// Waits for [`drained`] until `deadline`; returns whether it drained.
     pub async fn drained_by(&self, deadline: Instant) -> bool {
-        tokio::time::timeout_at(deadline, self.drained()).await.is_ok()
+        tokio::time::timeout_at(deadline, self.drained())
+            .await
+            .is_ok()
     }
 }
 
@@ -110,5 +121,9 @@ pub async fn wait_all(retired: &[Arc<Generation>], timeout: Duration) -> DrainOu
         drained &= g.drained_by(deadline).await;
     }
     let in_flight = retired.iter().map(|g| g.in_flight()).sum();
-    DrainOutcome { drained: drained && in_flight == 0, in_flight, waited: start.elapsed() }
+    DrainOutcome {
+        drained: drained && in_flight == 0,
+        in_flight,
+        waited: start.elapsed(),
+    }
 }

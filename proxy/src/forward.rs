@@ -21,7 +21,12 @@ pub struct Forwarder {
 impl Forwarder {
     /// One request, start to finish. Never fails: every problem becomes a
     /// response the client can read, and the connection stays usable.
-    pub async fn handle(&self, mut req: Request<Incoming>, client: SocketAddr, proto: &'static str) -> Response<ProxyBody> {
+    pub async fn handle(
+        &self,
+        mut req: Request<Incoming>,
+        client: SocketAddr,
+        proto: &'static str,
+    ) -> Response<ProxyBody> {
         let Some(in_flight) = self.router.acquire() else {
             return local(StatusCode::SERVICE_UNAVAILABLE, "no backend configured\n");
         };
@@ -41,7 +46,9 @@ impl Forwarder {
             Ok(Ok(resp)) => resp,
         };
 
-        if let (StatusCode::SWITCHING_PROTOCOLS, Some(client_upgrade)) = (resp.status(), client_upgrade) {
+        if let (StatusCode::SWITCHING_PROTOCOLS, Some(client_upgrade)) =
+            (resp.status(), client_upgrade)
+        {
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             tokio::spawn(tunnel(client_upgrade, upstream_upgrade, in_flight));
             return resp.map(|_| ProxyBody::empty());
@@ -66,12 +73,20 @@ fn prepare(
     let host = match req.headers().get(header::HOST) {
         Some(h) => Some(h.clone()),
         // HTTP/2 carries the host in :authority; HTTP/1.1 backends want Host.
-        None => req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+        None => req
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
     };
     let mut parts = uri::Parts::default();
     parts.scheme = Some(uri::Scheme::HTTP);
     parts.authority = Some(in_flight.generation().addr.clone());
-    parts.path_and_query = Some(req.uri().path_and_query().cloned().unwrap_or_else(|| uri::PathAndQuery::from_static("/")));
+    parts.path_and_query = Some(
+        req.uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| uri::PathAndQuery::from_static("/")),
+    );
     *req.uri_mut() = Uri::from_parts(parts).map_err(|_| StatusCode::BAD_REQUEST)?;
     *req.version_mut() = Version::HTTP_11;
 
@@ -86,7 +101,11 @@ fn prepare(
 
 /// Copies bytes both ways for an upgraded connection. The in-flight guard
 /// lives as long as the tunnel, so a WebSocket is drained, not cut.
-async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade, in_flight: InFlight) {
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    in_flight: InFlight,
+) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(pair) => pair,
         Err(e) => {
@@ -105,7 +124,10 @@ async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnU
 pub fn local(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
     let mut resp = Response::new(ProxyBody::local(body));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     resp
 }
 

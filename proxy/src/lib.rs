@@ -34,7 +34,10 @@ pub enum ProxyError {
     #[error("invalid initial backend: {0}")]
     Backend(String),
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Control(#[from] control::ControlSocketError),
 }
@@ -50,10 +53,21 @@ pub async fn run(
     let router = Arc::new(router::Router::new(config.upstream.clone()));
     restore_backend(&config, &router)?;
 
-    let http = TcpListener::bind(config.http).await.map_err(|source| ProxyError::Bind { addr: config.http, source })?;
-    let http_addr = http.local_addr().map_err(|source| ProxyError::Bind { addr: config.http, source })?;
+    let http = TcpListener::bind(config.http)
+        .await
+        .map_err(|source| ProxyError::Bind {
+            addr: config.http,
+            source,
+        })?;
+    let http_addr = http.local_addr().map_err(|source| ProxyError::Bind {
+        addr: config.http,
+        source,
+    })?;
     let control_listener = control::bind(&config.control, config.control_group)?;
-    let listeners = Listeners { http: Some(http_addr.to_string()), https: None };
+    let listeners = Listeners {
+        http: Some(http_addr.to_string()),
+        https: None,
+    };
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let control = Arc::new(control::Control {
@@ -62,15 +76,26 @@ pub async fn run(
         default_drain_timeout: config.drain_timeout,
         listeners: listeners.clone(),
         switch_lock: tokio::sync::Mutex::new(()),
-        access: control::Access { own_uid: control::own_uid(), group: config.control_group },
+        access: control::Access {
+            own_uid: control::own_uid(),
+            group: config.control_group,
+        },
     });
     let control_task = tokio::spawn(control.serve(control_listener, stop_rx.clone()));
 
-    let forwarder = Arc::new(forward::Forwarder { router: Arc::clone(&router), upstream_timeout: config.upstream_timeout });
+    let forwarder = Arc::new(forward::Forwarder {
+        router: Arc::clone(&router),
+        upstream_timeout: config.upstream_timeout,
+    });
     let builder = Arc::new(listener::connection_builder(config.header_read_timeout));
     let graceful = Arc::new(GracefulShutdown::new());
-    let http_task =
-        tokio::spawn(listener::serve_plain(http, forwarder, builder, Arc::clone(&graceful), stop_rx.clone()));
+    let http_task = tokio::spawn(listener::serve_plain(
+        http,
+        forwarder,
+        builder,
+        Arc::clone(&graceful),
+        stop_rx.clone(),
+    ));
 
     on_ready(&listeners);
     tracing::info!(http = %http_addr, control = %config.control.display(), "handoff-proxy ready");
@@ -80,17 +105,33 @@ pub async fn run(
     let _ = stop_tx.send(true);
     let _ = http_task.await;
     let deadline = tokio::time::Instant::now() + config.drain_timeout;
-    let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| unreachable!("accept loops have ended"));
-    let connections_closed = tokio::time::timeout_at(deadline, graceful.shutdown()).await.is_ok();
+    let graceful =
+        Arc::try_unwrap(graceful).unwrap_or_else(|_| unreachable!("accept loops have ended"));
+    let connections_closed = tokio::time::timeout_at(deadline, graceful.shutdown())
+        .await
+        .is_ok();
     // Upgraded connections (WebSockets) left hyper's watch; wait for them too.
-    let all: Vec<_> = router.active().into_iter().chain(router.retired()).collect();
+    let all: Vec<_> = router
+        .active()
+        .into_iter()
+        .chain(router.retired())
+        .collect();
     for g in &all {
         g.retire();
     }
-    let outcome = drain::wait_all(&all, deadline.saturating_duration_since(tokio::time::Instant::now())).await;
+    let outcome = drain::wait_all(
+        &all,
+        deadline.saturating_duration_since(tokio::time::Instant::now()),
+    )
+    .await;
     control_task.abort();
     let _ = std::fs::remove_file(&config.control);
-    tracing::info!(connections_closed, drained = outcome.drained, in_flight = outcome.in_flight, "stopped");
+    tracing::info!(
+        connections_closed,
+        drained = outcome.drained,
+        in_flight = outcome.in_flight,
+        "stopped"
+    );
     Ok(())
 }
 
@@ -103,9 +144,16 @@ fn restore_backend(config: &Config, router: &router::Router) -> Result<(), Proxy
         (None, None) => return Ok(()),
     };
     handoff_shared::parse_backend_addr(&addr).map_err(ProxyError::Backend)?;
-    let authority = addr.parse().map_err(|e| ProxyError::Backend(format!("{addr:?}: {e}")))?;
+    let authority = addr
+        .parse()
+        .map_err(|e| ProxyError::Backend(format!("{addr:?}: {e}")))?;
     if from_flag {
-        state::save(&config.state, &state::State { backend: Some(addr.clone()) })?;
+        state::save(
+            &config.state,
+            &state::State {
+                backend: Some(addr.clone()),
+            },
+        )?;
     }
     router.switch(authority);
     tracing::info!(backend = %addr, source = if from_flag { "--backend" } else { "state file" }, "initial backend");

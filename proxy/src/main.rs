@@ -1,76 +1,35 @@
 //! The `handoff-proxy` binary: flags and environment in, [`Config`] out, run.
 #![forbid(unsafe_code)]
 
+mod cli;
+
 use anyhow::{Context, Result};
 use clap::Parser;
+use cli::Cli;
 use handoff_proxy::config::Config;
 use handoff_proxy::upstream::UpstreamSettings;
 use std::io::Write;
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::time::Duration;
-
-/// Zero-downtime front door: routes each request to the active backend and
-/// drains the previous one on a switch.
-#[derive(Debug, Parser)]
-#[command(name = "handoff-proxy", version, about, max_term_width = 100)]
-struct Cli {
-    /// Plain HTTP listen address.
-    #[arg(long, env = "HANDOFF_HTTP", default_value = "0.0.0.0:80", value_name = "ADDR")]
-    http: SocketAddr,
-
-    /// Control API Unix socket (HTTP/1.1 + JSON; created with mode 0600).
-    #[arg(long, env = handoff_shared::CONTROL_SOCKET_ENV, default_value = handoff_shared::DEFAULT_CONTROL_SOCKET, value_name = "PATH")]
-    control: PathBuf,
-
-    /// Group (name or gid) also allowed on the control socket; makes it mode 0660.
-    #[arg(long, env = "HANDOFF_CONTROL_GROUP", value_name = "GROUP")]
-    control_group: Option<String>,
-
-    /// File that keeps the active backend across restarts.
-    #[arg(long, env = "HANDOFF_STATE", default_value = "/var/lib/handoff/state.json", value_name = "PATH")]
-    state: PathBuf,
-
-    /// Backend HOST:PORT to use when the state file names none.
-    #[arg(long, env = "HANDOFF_BACKEND", value_name = "HOST:PORT")]
-    backend: Option<String>,
-
-    /// How long a switch or shutdown waits for in-flight requests.
-    #[arg(long, env = "HANDOFF_DRAIN_TIMEOUT", default_value = "30s", value_parser = duration, value_name = "DURATION")]
-    drain_timeout: Duration,
-
-    /// How long a backend may take to answer before the client gets 504.
-    #[arg(long, env = "HANDOFF_UPSTREAM_TIMEOUT", default_value = "60s", value_parser = duration, value_name = "DURATION")]
-    upstream_timeout: Duration,
-
-    /// How long connecting to a backend may take before the client gets 502.
-    #[arg(long, env = "HANDOFF_UPSTREAM_CONNECT_TIMEOUT", default_value = "5s", value_parser = duration, value_name = "DURATION")]
-    upstream_connect_timeout: Duration,
-
-    /// A client must send a complete request head within this time.
-    #[arg(long, env = "HANDOFF_HEADER_TIMEOUT", default_value = "10s", value_parser = duration, value_name = "DURATION")]
-    header_timeout: Duration,
-
-    /// Log filter, RUST_LOG syntax.
-    #[arg(long, env = "RUST_LOG", default_value = "info", value_name = "FILTER")]
-    log: String,
-}
-
-fn duration(s: &str) -> Result<Duration, String> {
-    handoff_shared::parse_duration(s)
-}
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).context("invalid --log filter")?)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&cli.log).context("invalid --log filter")?,
+        )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     if let Some(addr) = &cli.backend {
-        handoff_shared::parse_backend_addr(addr).map_err(anyhow::Error::msg).context("--backend")?;
+        handoff_shared::parse_backend_addr(addr)
+            .map_err(anyhow::Error::msg)
+            .context("--backend")?;
     }
-    let control_group = cli.control_group.as_deref().map(resolve_group).transpose().context("--control-group")?;
+    let control_group = cli
+        .control_group
+        .as_deref()
+        .map(resolve_group)
+        .transpose()
+        .context("--control-group")?;
     let config = Config {
         http: cli.http,
         control: cli.control,
@@ -79,10 +38,15 @@ fn main() -> Result<()> {
         backend: cli.backend,
         drain_timeout: cli.drain_timeout,
         upstream_timeout: cli.upstream_timeout,
-        upstream: UpstreamSettings { connect_timeout: cli.upstream_connect_timeout, ..Default::default() },
+        upstream: UpstreamSettings {
+            connect_timeout: cli.upstream_connect_timeout,
+            ..Default::default()
+        },
         header_read_timeout: cli.header_timeout,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         let control_path = config.control.clone();
         handoff_proxy::run(config, shutdown_signal(), |listeners| {

@@ -22,7 +22,12 @@ pub struct Router {
 
 impl Router {
     pub fn new(settings: UpstreamSettings) -> Self {
-        Self { active: ArcSwapOption::empty(), retired: Arc::default(), next_id: AtomicU64::new(1), settings }
+        Self {
+            active: ArcSwapOption::empty(),
+            retired: Arc::default(),
+            next_id: AtomicU64::new(1),
+            settings,
+        }
     }
 
     /// Picks the active generation for one request and counts the request on it.
@@ -36,7 +41,8 @@ impl Router {
             let generation = self.active.load_full()?;
             let guard = generation.enter();
             fence(SeqCst);
-            let still_active = matches!(&*self.active.load(), Some(cur) if Arc::ptr_eq(cur, &generation));
+            let still_active =
+                matches!(&*self.active.load(), Some(cur) if Arc::ptr_eq(cur, &generation));
             if still_active {
                 return Some(guard);
             }
@@ -52,7 +58,10 @@ impl Router {
         fence(SeqCst);
         if let Some(prev) = &previous {
             prev.retire();
-            self.retired.lock().expect("retired list poisoned").push(Arc::clone(prev));
+            self.retired
+                .lock()
+                .expect("retired list poisoned")
+                .push(Arc::clone(prev));
             self.reap_when_drained(Arc::clone(prev));
         }
         (new, previous)
@@ -64,7 +73,10 @@ impl Router {
         let retired = Arc::clone(&self.retired);
         tokio::spawn(async move {
             generation.drained().await;
-            retired.lock().expect("retired list poisoned").retain(|g| !Arc::ptr_eq(g, &generation));
+            retired
+                .lock()
+                .expect("retired list poisoned")
+                .retain(|g| !Arc::ptr_eq(g, &generation));
         });
     }
 
@@ -81,7 +93,11 @@ impl Router {
         self.retired()
             .iter()
             .filter(|g| g.in_flight() > 0)
-            .map(|g| DrainingGeneration { backend: g.addr.to_string(), generation: g.id, in_flight: g.in_flight() })
+            .map(|g| DrainingGeneration {
+                backend: g.addr.to_string(),
+                generation: g.id,
+                in_flight: g.in_flight(),
+            })
             .collect()
     }
 

@@ -10,13 +10,22 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("cannot read state file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("state file {path} is corrupt ({source}); fix or remove it, the proxy will not guess")]
-    Corrupt { path: PathBuf, source: serde_json::Error },
+    Corrupt {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
     #[error("state file {path} names an invalid backend: {why}")]
     BadBackend { path: PathBuf, why: String },
     #[error("cannot write state file {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,20 +39,40 @@ pub fn load(path: &Path) -> Result<State, StateError> {
     let bytes = match fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(State::default()),
-        Err(source) => return Err(StateError::Read { path: path.into(), source }),
+        Err(source) => {
+            return Err(StateError::Read {
+                path: path.into(),
+                source,
+            })
+        }
     };
-    let state: State = serde_json::from_slice(&bytes).map_err(|source| StateError::Corrupt { path: path.into(), source })?;
+    let state: State = serde_json::from_slice(&bytes).map_err(|source| StateError::Corrupt {
+        path: path.into(),
+        source,
+    })?;
     if let Some(addr) = &state.backend {
-        handoff_shared::parse_backend_addr(addr).map_err(|why| StateError::BadBackend { path: path.into(), why })?;
+        handoff_shared::parse_backend_addr(addr).map_err(|why| StateError::BadBackend {
+            path: path.into(),
+            why,
+        })?;
     }
     Ok(state)
 }
 
 pub fn save(path: &Path, state: &State) -> Result<(), StateError> {
-    let err = |source| StateError::Write { path: path.into(), source };
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let err = |source| StateError::Write {
+        path: path.into(),
+        source,
+    };
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(err)?;
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state.json");
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("state.json");
     let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
     let result = (|| {
         let mut file = fs::File::create(&tmp)?;
@@ -69,7 +98,9 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("handoff-state-{}", std::process::id()));
         let path = dir.join("sub/state.json");
         assert_eq!(load(&path).unwrap(), State::default());
-        let s = State { backend: Some("127.0.0.1:8081".into()) };
+        let s = State {
+            backend: Some("127.0.0.1:8081".into()),
+        };
         save(&path, &s).unwrap();
         assert_eq!(load(&path).unwrap(), s);
         fs::write(&path, b"{not json").unwrap();

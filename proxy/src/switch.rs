@@ -28,9 +28,19 @@ impl SwitchError {
 /// dead container is refused before any traffic could be routed to it.
 pub async fn plan(addr: &str) -> Result<Authority, SwitchError> {
     let (host, port) = handoff_shared::parse_backend_addr(addr).map_err(SwitchError::BadAddress)?;
-    let authority: Authority = addr.parse().map_err(|e| SwitchError::BadAddress(format!("invalid backend address {addr:?}: {e}")))?;
-    let unreachable = |why: String| SwitchError::Unreachable { addr: addr.to_string(), why };
-    match tokio::time::timeout(REACH_TIMEOUT, tokio::net::TcpStream::connect((host.as_str(), port))).await {
+    let authority: Authority = addr
+        .parse()
+        .map_err(|e| SwitchError::BadAddress(format!("invalid backend address {addr:?}: {e}")))?;
+    let unreachable = |why: String| SwitchError::Unreachable {
+        addr: addr.to_string(),
+        why,
+    };
+    match tokio::time::timeout(
+        REACH_TIMEOUT,
+        tokio::net::TcpStream::connect((host.as_str(), port)),
+    )
+    .await
+    {
         Ok(Ok(_)) => Ok(authority),
         Ok(Err(e)) => Err(unreachable(e.to_string())),
         Err(_) => Err(unreachable(format!("no answer within {REACH_TIMEOUT:?}"))),

@@ -16,7 +16,10 @@ pub struct UpstreamSettings {
 
 impl Default for UpstreamSettings {
     fn default() -> Self {
-        Self { connect_timeout: Duration::from_secs(5), pool_idle_timeout: Duration::from_secs(60) }
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            pool_idle_timeout: Duration::from_secs(60),
+        }
     }
 }
 

@@ -73,20 +73,29 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// port. Returns the host and port so callers need not split twice.
 pub fn parse_backend_addr(addr: &str) -> Result<(String, u16), String> {
     let bad = |why: &str| format!("invalid backend address {addr:?}: {why}");
-    let (host, port) = addr.rsplit_once(':').ok_or_else(|| bad("expected HOST:PORT"))?;
-    let port: u16 = port.parse().map_err(|_| bad("port is not a number from 1 to 65535"))?;
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| bad("expected HOST:PORT"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| bad("port is not a number from 1 to 65535"))?;
     if port == 0 {
         return Err(bad("port 0 is not a backend"));
     }
-    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
     if host.is_empty() {
         return Err(bad("host is empty"));
     }
     let is_ip = host.parse::<std::net::IpAddr>().is_ok();
     let is_name = host.len() <= 253
-        && host
-            .split('.')
-            .all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+        && host.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
     if !is_ip && !is_name {
         return Err(bad("host is neither an IP address nor a DNS name"));
     }
@@ -99,10 +108,21 @@ mod tests {
 
     #[test]
     fn backend_addresses() {
-        assert_eq!(parse_backend_addr("127.0.0.1:8080").unwrap(), ("127.0.0.1".into(), 8080));
+        assert_eq!(
+            parse_backend_addr("127.0.0.1:8080").unwrap(),
+            ("127.0.0.1".into(), 8080)
+        );
         assert_eq!(parse_backend_addr("[::1]:80").unwrap(), ("::1".into(), 80));
         assert_eq!(parse_backend_addr("app-blue:8080").unwrap().0, "app-blue");
-        for bad in ["", "127.0.0.1", "127.0.0.1:0", "127.0.0.1:99999", ":80", "a b:80", "x:y"] {
+        for bad in [
+            "",
+            "127.0.0.1",
+            "127.0.0.1:0",
+            "127.0.0.1:99999",
+            ":80",
+            "a b:80",
+            "x:y",
+        ] {
             assert!(parse_backend_addr(bad).is_err(), "{bad:?} accepted");
         }
     }

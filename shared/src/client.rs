@@ -15,7 +15,10 @@ use tokio::net::UnixStream;
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     #[error("cannot connect to the proxy's control socket {path}: {source}")]
-    Connect { path: PathBuf, source: std::io::Error },
+    Connect {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("control request failed: {0}")]
     Http(#[from] hyper::Error),
     #[error("the proxy answered {status}: {message}")]
@@ -56,12 +59,20 @@ impl ControlClient {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<(StatusCode, Bytes), ControlError> {
-        let stream = UnixStream::connect(&self.path)
-            .await
-            .map_err(|source| ControlError::Connect { path: self.path.clone(), source })?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        let stream =
+            UnixStream::connect(&self.path)
+                .await
+                .map_err(|source| ControlError::Connect {
+                    path: self.path.clone(),
+                    source,
+                })?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(conn);
-        let mut builder = Request::builder().method(method).uri(path).header("host", "localhost");
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "localhost");
         if body.is_some() {
             builder = builder.header("content-type", "application/json");
         }

@@ -33,13 +33,25 @@ type Body = BoxBody<Bytes, hyper::Error>;
 
 impl Backend {
     pub async fn start(name: &str) -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind backend");
         let addr = listener.local_addr().unwrap();
         let stats = Arc::new(Stats::default());
         let (stop, stop_rx) = watch::channel(false);
         let name = name.to_string();
-        tokio::spawn(accept_loop(listener, name.clone(), Arc::clone(&stats), stop_rx));
-        Backend { addr, name, stats, stop }
+        tokio::spawn(accept_loop(
+            listener,
+            name.clone(),
+            Arc::clone(&stats),
+            stop_rx,
+        ));
+        Backend {
+            addr,
+            name,
+            stats,
+            stop,
+        }
     }
 
     /// `127.0.0.1:PORT`, as the control API wants it.
@@ -69,7 +81,12 @@ impl Drop for Backend {
     }
 }
 
-async fn accept_loop(listener: TcpListener, name: String, stats: Arc<Stats>, mut stop: watch::Receiver<bool>) {
+async fn accept_loop(
+    listener: TcpListener,
+    name: String,
+    stats: Arc<Stats>,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         let stream = tokio::select! {
             r = listener.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
@@ -79,8 +96,12 @@ async fn accept_loop(listener: TcpListener, name: String, stats: Arc<Stats>, mut
         let stats = Arc::clone(&stats);
         let mut stop = stop.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| handle(req, name.clone(), Arc::clone(&stats)));
-            let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).with_upgrades();
+            let svc = hyper::service::service_fn(move |req| {
+                handle(req, name.clone(), Arc::clone(&stats))
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .with_upgrades();
             tokio::select! {
                 _ = conn => {}
                 _ = stop.changed() => {}
@@ -96,7 +117,11 @@ impl Drop for ActiveGuard {
     }
 }
 
-async fn handle(mut req: Request<Incoming>, name: String, stats: Arc<Stats>) -> Result<Response<Body>, hyper::Error> {
+async fn handle(
+    mut req: Request<Incoming>,
+    name: String,
+    stats: Arc<Stats>,
+) -> Result<Response<Body>, hyper::Error> {
     stats.requests.fetch_add(1, Ordering::SeqCst);
     stats.active.fetch_add(1, Ordering::SeqCst);
     let _guard = ActiveGuard(Arc::clone(&stats));
@@ -122,7 +147,11 @@ async fn handle(mut req: Request<Incoming>, name: String, stats: Arc<Stats>) -> 
     let query = req.uri().query().unwrap_or("").to_string();
     match path.as_str() {
         "/slow" => {
-            let ms = query.split('&').find_map(|kv| kv.strip_prefix("ms=")).and_then(|v| v.parse().ok()).unwrap_or(1000);
+            let ms = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("ms="))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1000);
             tokio::time::sleep(Duration::from_millis(ms)).await;
             Ok(Response::new(full(name)))
         }
@@ -131,8 +160,16 @@ async fn handle(mut req: Request<Incoming>, name: String, stats: Arc<Stats>) -> 
                 .headers()
                 .keys()
                 .map(|k| {
-                    let all: Vec<_> = req.headers().get_all(k).iter().map(|v| v.to_str().unwrap_or("").to_string()).collect();
-                    (k.as_str().to_string(), serde_json::Value::String(all.join(" | ")))
+                    let all: Vec<_> = req
+                        .headers()
+                        .get_all(k)
+                        .iter()
+                        .map(|v| v.to_str().unwrap_or("").to_string())
+                        .collect();
+                    (
+                        k.as_str().to_string(),
+                        serde_json::Value::String(all.join(" | ")),
+                    )
                 })
                 .collect();
             Ok(Response::new(full(serde_json::to_string(&map).unwrap())))

@@ -2,9 +2,9 @@
 //! 127.0.0.1, and a keep-alive load generator. Nothing here is a mock.
 
 pub mod backend;
-pub mod request;
 pub mod load;
 pub mod proxy;
+pub mod request;
 
 use std::path::{Path, PathBuf};
 
@@ -12,9 +12,16 @@ use std::path::{Path, PathBuf};
 /// (`target/<profile>/NAME`). The README's test command builds them first.
 pub fn bin_path(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<test>");
     let path = dir.join(name);
-    assert!(path.exists(), "{} is missing: run `cargo build --workspace` before the tests", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace` before the tests",
+        path.display()
+    );
     path
 }
 
@@ -25,7 +32,10 @@ impl TempDir {
     pub fn new(tag: &str) -> Self {
         use std::sync::atomic::{AtomicU32, Ordering};
         static N: AtomicU32 = AtomicU32::new(0);
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
         let path = std::env::temp_dir().join(format!(
             "handoff-{tag}-{}-{}-{nanos}",
             std::process::id(),

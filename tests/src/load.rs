@@ -31,7 +31,12 @@ impl LoadReport {
         for (k, v) in other.by_body {
             *self.by_body.entry(k).or_default() += v;
         }
-        self.errors.extend(other.errors.into_iter().take(10usize.saturating_sub(self.errors.len())));
+        self.errors.extend(
+            other
+                .errors
+                .into_iter()
+                .take(10usize.saturating_sub(self.errors.len())),
+        );
     }
 }
 
@@ -73,7 +78,12 @@ impl Load {
 /// Upper bound on requests per client, so the loop ends even if time stalls.
 const MAX_REQUESTS_PER_CLIENT: u64 = 2_000_000;
 
-async fn client(addr: SocketAddr, path: String, deadline: Instant, stop: watch::Receiver<bool>) -> LoadReport {
+async fn client(
+    addr: SocketAddr,
+    path: String,
+    deadline: Instant,
+    stop: watch::Receiver<bool>,
+) -> LoadReport {
     let mut report = LoadReport::default();
     let mut sender = None;
     let mut sent = 0;
@@ -89,8 +99,12 @@ async fn client(addr: SocketAddr, path: String, deadline: Instant, stop: watch::
                 }
             }
         }
-        let s: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>> = sender.as_mut().unwrap();
-        let req = http::Request::get(path.as_str()).header("host", "test.local").body(Empty::new()).unwrap();
+        let s: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>> =
+            sender.as_mut().unwrap();
+        let req = http::Request::get(path.as_str())
+            .header("host", "test.local")
+            .body(Empty::new())
+            .unwrap();
         let outcome = async {
             s.ready().await?;
             let resp = s.send_request(req).await?;
@@ -102,9 +116,15 @@ async fn client(addr: SocketAddr, path: String, deadline: Instant, stop: watch::
         match outcome {
             Ok((status, body)) if status == 200 => {
                 report.ok += 1;
-                *report.by_body.entry(String::from_utf8_lossy(&body).into_owned()).or_default() += 1;
+                *report
+                    .by_body
+                    .entry(String::from_utf8_lossy(&body).into_owned())
+                    .or_default() += 1;
             }
-            Ok((status, body)) => fail(&mut report, format!("{status}: {}", String::from_utf8_lossy(&body))),
+            Ok((status, body)) => fail(
+                &mut report,
+                format!("{status}: {}", String::from_utf8_lossy(&body)),
+            ),
             Err(e) => {
                 fail(&mut report, format!("request: {e}"));
                 sender = None;
@@ -122,10 +142,14 @@ fn fail(report: &mut LoadReport, why: String) {
     }
 }
 
-async fn connect(addr: SocketAddr) -> Result<hyper::client::conn::http1::SendRequest<Empty<Bytes>>, String> {
+async fn connect(
+    addr: SocketAddr,
+) -> Result<hyper::client::conn::http1::SendRequest<Empty<Bytes>>, String> {
     let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let _ = stream.set_nodelay(true);
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
     tokio::spawn(conn);
     Ok(sender)
 }

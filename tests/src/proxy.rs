@@ -32,14 +32,22 @@ impl Proxy {
     /// Starts a proxy whose control socket and state file live in `dir`;
     /// used to restart one on the same state.
     pub async fn start_in(dir: &Path, extra: &[&str]) -> Proxy {
-        Self::try_start_in(dir, extra).await.unwrap_or_else(|e| panic!("{e}"))
+        Self::try_start_in(dir, extra)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Like [`start_in`], but returns the failure (exit status and log) instead of panicking.
     pub async fn try_start_in(dir: &Path, extra: &[&str]) -> Result<Proxy, String> {
         let control = dir.join("control.sock");
         let state = dir.join("state.json");
-        let log = dir.join(format!("proxy-{}.log", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()));
+        let log = dir.join(format!(
+            "proxy-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
         let mut child = Command::new(bin_path("handoff-proxy"))
             .arg("--http")
             .arg("127.0.0.1:0")
@@ -63,7 +71,9 @@ impl Proxy {
                 let _ = child.kill();
                 let status = child.wait().ok();
                 let log_text = std::fs::read_to_string(&log).unwrap_or_default();
-                return Err(format!("proxy did not become ready ({other:?}, exit {status:?}); log:\n{log_text}"));
+                return Err(format!(
+                    "proxy did not become ready ({other:?}, exit {status:?}); log:\n{log_text}"
+                ));
             }
         };
         // Keep draining stdout so the proxy never blocks on a full pipe.
@@ -73,7 +83,15 @@ impl Proxy {
             .find_map(|w| w.strip_prefix("http="))
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("unexpected ready line {line:?}"));
-        Ok(Proxy { http, control, state, log, dir: dir.to_path_buf(), child: Some(child), _tmp: None })
+        Ok(Proxy {
+            http,
+            control,
+            state,
+            log,
+            dir: dir.to_path_buf(),
+            child: Some(child),
+            _tmp: None,
+        })
     }
 
     pub fn client(&self) -> ControlClient {
@@ -90,7 +108,11 @@ impl Proxy {
 
     /// Sends a signal by name (`TERM`, `KILL`, `HUP`) with the system's `kill`.
     pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status().expect("kill");
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill");
         assert!(ok.success(), "kill -{sig} failed");
     }
 
@@ -98,11 +120,18 @@ impl Proxy {
     pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         let mut child = self.child.take().expect("running");
         let pid = child.id();
-        match tokio::time::timeout(timeout, tokio::task::spawn_blocking(move || child.wait())).await {
+        match tokio::time::timeout(timeout, tokio::task::spawn_blocking(move || child.wait())).await
+        {
             Ok(status) => status.unwrap().expect("wait"),
             Err(_) => {
-                let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
-                panic!("proxy did not exit within {timeout:?}; log:\n{}", self.log_text())
+                let _ = Command::new("kill")
+                    .arg("-KILL")
+                    .arg(pid.to_string())
+                    .status();
+                panic!(
+                    "proxy did not exit within {timeout:?}; log:\n{}",
+                    self.log_text()
+                )
             }
         }
     }
@@ -124,7 +153,11 @@ impl Drop for Proxy {
     fn drop(&mut self) {
         self.kill9();
         if std::thread::panicking() {
-            eprintln!("--- handoff-proxy log ({}) ---\n{}", self.log.display(), self.log_text());
+            eprintln!(
+                "--- handoff-proxy log ({}) ---\n{}",
+                self.log.display(),
+                self.log_text()
+            );
         }
     }
 }

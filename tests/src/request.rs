@@ -25,7 +25,9 @@ pub struct Conn {
 impl Conn {
     pub async fn open(addr: SocketAddr) -> Conn {
         let stream = TcpStream::connect(addr).await.expect("connect");
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("handshake");
         tokio::spawn(conn);
         Conn { sender }
     }
@@ -36,7 +38,12 @@ impl Conn {
         let status = resp.status();
         let headers = resp.headers().clone();
         let body = resp.into_body().collect().await?.to_bytes();
-        Ok(Reply { status, headers, body: String::from_utf8_lossy(&body).into_owned(), bytes: body })
+        Ok(Reply {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+            bytes: body,
+        })
     }
 
     pub async fn get(&mut self, path: &str) -> Result<Reply, hyper::Error> {
@@ -45,7 +52,10 @@ impl Conn {
 }
 
 pub fn get_req(path: &str) -> Request<Full<Bytes>> {
-    Request::get(path).header("host", "app.test").body(Full::default()).unwrap()
+    Request::get(path)
+        .header("host", "app.test")
+        .body(Full::default())
+        .unwrap()
 }
 
 /// A GET on a fresh connection, bounded by 30 s so a hang fails the test.
@@ -54,10 +64,12 @@ pub async fn get(addr: SocketAddr, path: &str) -> Reply {
 }
 
 pub async fn send(addr: SocketAddr, req: Request<Full<Bytes>>) -> Reply {
-    tokio::time::timeout(Duration::from_secs(30), async { Conn::open(addr).await.send(req).await })
-        .await
-        .expect("request timed out")
-        .expect("request failed")
+    tokio::time::timeout(Duration::from_secs(30), async {
+        Conn::open(addr).await.send(req).await
+    })
+    .await
+    .expect("request timed out")
+    .expect("request failed")
 }
 
 /// Polls `cond` every 10 ms until it holds or `timeout` passes. For states
@@ -65,7 +77,10 @@ pub async fn send(addr: SocketAddr, req: Request<Full<Bytes>>) -> Reply {
 pub async fn wait_for(what: &str, timeout: Duration, mut cond: impl AsyncFnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + timeout;
     while !cond().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

@@ -2,13 +2,16 @@
 
 use handoff_shared::{SetBackend, StatusResponse};
 use handoff_tests::backend::Backend;
-use handoff_tests::request::{self, get, wait_for, Conn};
 use handoff_tests::proxy::Proxy;
+use handoff_tests::request::{self, get, wait_for, Conn};
 use http::{Method, Request, StatusCode};
 use std::time::{Duration, Instant};
 
 fn switch_to(addr: &str) -> SetBackend {
-    SetBackend { addr: addr.to_string(), drain_timeout: None }
+    SetBackend {
+        addr: addr.to_string(),
+        drain_timeout: None,
+    }
 }
 
 async fn status(p: &Proxy) -> StatusResponse {
@@ -39,12 +42,18 @@ async fn forwards_with_proxy_headers_and_streams_bodies() {
     assert_eq!(seen["x-forwarded-host"], "shop.example");
     assert_eq!(seen["x-app"], "kept");
     for hop in ["x-hop", "keep-alive", "te", "proxy-connection"] {
-        assert!(seen.get(hop).is_none(), "hop-by-hop header {hop} was forwarded: {seen}");
+        assert!(
+            seen.get(hop).is_none(),
+            "hop-by-hop header {hop} was forwarded: {seen}"
+        );
     }
 
     // A 4 MiB body goes through both ways, byte for byte.
     let payload: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
-    let req = Request::post("/echo").header("host", "x").body(payload.clone().into()).unwrap();
+    let req = Request::post("/echo")
+        .header("host", "x")
+        .body(payload.clone().into())
+        .unwrap();
     let reply = request::send(p.http, req).await;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.bytes.len(), payload.len());
@@ -58,7 +67,11 @@ async fn switch_moves_new_requests_and_keepalive_connections_follow() {
     let mut conn = Conn::open(p.http).await;
     assert_eq!(conn.get("/").await.unwrap().body, "b1");
 
-    let r = p.client().set_backend(&switch_to(&b2.addr_string())).await.unwrap();
+    let r = p
+        .client()
+        .set_backend(&switch_to(&b2.addr_string()))
+        .await
+        .unwrap();
     assert_eq!(r.backend, b2.addr_string());
     assert_eq!(r.previous.as_deref(), Some(b1.addr_string().as_str()));
     assert!(r.drained);
@@ -76,8 +89,15 @@ async fn switch_moves_new_requests_and_keepalive_connections_follow() {
 async fn switch_waits_for_slow_requests_on_the_old_backend() {
     let (b1, b2) = (Backend::start("b1").await, Backend::start("b2").await);
     let p = Proxy::start(&["--backend", &b1.addr_string()]).await;
-    let slow: Vec<_> = (0..5).map(|_| tokio::spawn(async move { get(p.http, "/slow?ms=3000").await })).collect();
-    wait_for("5 slow requests in flight", Duration::from_secs(10), async || status(&p).await.in_flight == 5).await;
+    let slow: Vec<_> = (0..5)
+        .map(|_| tokio::spawn(async move { get(p.http, "/slow?ms=3000").await }))
+        .collect();
+    wait_for(
+        "5 slow requests in flight",
+        Duration::from_secs(10),
+        async || status(&p).await.in_flight == 5,
+    )
+    .await;
 
     let client = p.client();
     let target = b2.addr_string();
@@ -85,17 +105,27 @@ async fn switch_waits_for_slow_requests_on_the_old_backend() {
     let switch = tokio::spawn(async move { client.set_backend(&switch_to(&target)).await });
 
     // While the switch waits for the drain, new requests already go to b2.
-    wait_for("switch to b2", Duration::from_secs(10), async || status(&p).await.backend == Some(b2.addr_string())).await;
+    wait_for("switch to b2", Duration::from_secs(10), async || {
+        status(&p).await.backend == Some(b2.addr_string())
+    })
+    .await;
     assert_eq!(get(p.http, "/").await.body, "b2");
     let s = status(&p).await;
     assert_eq!(s.draining.len(), 1, "{s:?}");
     assert_eq!(s.draining[0].in_flight, 5);
-    assert!(!switch.is_finished(), "the switch returned before the old generation drained");
+    assert!(
+        !switch.is_finished(),
+        "the switch returned before the old generation drained"
+    );
 
     let r = switch.await.unwrap().unwrap();
     assert!(r.drained, "{r:?}");
     assert_eq!(r.in_flight, 0);
-    assert_eq!(b1.active(), 0, "switch returned while b1 still had requests");
+    assert_eq!(
+        b1.active(),
+        0,
+        "switch returned while b1 still had requests"
+    );
     for s in slow {
         let reply = s.await.unwrap();
         assert_eq!((reply.status, reply.body.as_str()), (StatusCode::OK, "b1"));
@@ -110,14 +140,25 @@ async fn drain_timeout_returns_undrained() {
     let (b1, b2) = (Backend::start("b1").await, Backend::start("b2").await);
     let p = Proxy::start(&["--backend", &b1.addr_string()]).await;
     let slow = tokio::spawn(async move { get(p.http, "/slow?ms=6000").await });
-    wait_for("slow request in flight", Duration::from_secs(10), async || status(&p).await.in_flight == 1).await;
+    wait_for(
+        "slow request in flight",
+        Duration::from_secs(10),
+        async || status(&p).await.in_flight == 1,
+    )
+    .await;
 
-    let req = SetBackend { addr: b2.addr_string(), drain_timeout: Some("1s".into()) };
+    let req = SetBackend {
+        addr: b2.addr_string(),
+        drain_timeout: Some("1s".into()),
+    };
     let r = p.client().set_backend(&req).await.unwrap();
     assert!(!r.drained, "{r:?}");
     assert_eq!(r.in_flight, 1);
     assert!(r.drain_ms >= 1000, "{r:?}");
-    assert!(!slow.is_finished(), "drain timeout should return while the slow request still runs");
+    assert!(
+        !slow.is_finished(),
+        "drain timeout should return while the slow request still runs"
+    );
     // The slow request is not cut: it finishes on the old backend.
     let reply = slow.await.unwrap();
     assert_eq!((reply.status, reply.body.as_str()), (StatusCode::OK, "b1"));
@@ -134,27 +175,99 @@ async fn bad_control_requests_are_4xx_and_change_nothing() {
     };
     let big = format!(r#"{{"addr":"{}"}}"#, "a".repeat(100 * 1024));
     let cases: Vec<(Method, &str, Option<String>, StatusCode)> = vec![
-        (Method::PUT, "/v1/backend", Some("{not json".into()), StatusCode::BAD_REQUEST),
-        (Method::PUT, "/v1/backend", Some("".into()), StatusCode::BAD_REQUEST),
-        (Method::PUT, "/v1/backend", Some(r#"{"addr":"nope"}"#.into()), StatusCode::BAD_REQUEST),
-        (Method::PUT, "/v1/backend", Some(r#"{"addr":"127.0.0.1:0"}"#.into()), StatusCode::BAD_REQUEST),
-        (Method::PUT, "/v1/backend", Some(r#"{"addr":"127.0.0.1:80","extra":1}"#.into()), StatusCode::BAD_REQUEST),
-        (Method::PUT, "/v1/backend", Some(format!(r#"{{"addr":"{}","drain_timeout":"soon"}}"#, b1.addr)), StatusCode::BAD_REQUEST),
-        (Method::PUT, "/v1/backend", Some(big), StatusCode::PAYLOAD_TOO_LARGE),
-        (Method::PUT, "/v1/backend", Some(format!(r#"{{"addr":"{closed}"}}"#)), StatusCode::UNPROCESSABLE_ENTITY),
+        (
+            Method::PUT,
+            "/v1/backend",
+            Some("{not json".into()),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::PUT,
+            "/v1/backend",
+            Some("".into()),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::PUT,
+            "/v1/backend",
+            Some(r#"{"addr":"nope"}"#.into()),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::PUT,
+            "/v1/backend",
+            Some(r#"{"addr":"127.0.0.1:0"}"#.into()),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::PUT,
+            "/v1/backend",
+            Some(r#"{"addr":"127.0.0.1:80","extra":1}"#.into()),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::PUT,
+            "/v1/backend",
+            Some(format!(
+                r#"{{"addr":"{}","drain_timeout":"soon"}}"#,
+                b1.addr
+            )),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::PUT,
+            "/v1/backend",
+            Some(big),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+        (
+            Method::PUT,
+            "/v1/backend",
+            Some(format!(r#"{{"addr":"{closed}"}}"#)),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
         (Method::GET, "/v1/nothing", None, StatusCode::NOT_FOUND),
         (Method::GET, "/", None, StatusCode::NOT_FOUND),
-        (Method::POST, "/v1/backend", Some("{}".into()), StatusCode::METHOD_NOT_ALLOWED),
-        (Method::DELETE, "/v1/status", None, StatusCode::METHOD_NOT_ALLOWED),
+        (
+            Method::POST,
+            "/v1/backend",
+            Some("{}".into()),
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (
+            Method::DELETE,
+            "/v1/status",
+            None,
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
     ];
     for (method, path, body, want) in cases {
-        let (got, bytes) = p.client().raw(method.clone(), path, body.map(String::into_bytes)).await.unwrap();
-        assert_eq!(got, want, "{method} {path}: {}", String::from_utf8_lossy(&bytes));
+        let (got, bytes) = p
+            .client()
+            .raw(method.clone(), path, body.map(String::into_bytes))
+            .await
+            .unwrap();
+        assert_eq!(
+            got,
+            want,
+            "{method} {path}: {}",
+            String::from_utf8_lossy(&bytes)
+        );
         let err: serde_json::Value = serde_json::from_slice(&bytes).expect("error body is JSON");
-        assert!(err["error"].as_str().is_some_and(|e| !e.is_empty()), "no error message: {err}");
+        assert!(
+            err["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "no error message: {err}"
+        );
         let after = status(&p).await;
-        assert_eq!((after.backend.as_deref(), after.generation), (before.backend.as_deref(), before.generation));
-        assert_eq!(get(p.http, "/").await.body, "b1", "routing changed after {method} {path}");
+        assert_eq!(
+            (after.backend.as_deref(), after.generation),
+            (before.backend.as_deref(), before.generation)
+        );
+        assert_eq!(
+            get(p.http, "/").await.body,
+            "b1",
+            "routing changed after {method} {path}"
+        );
     }
 }
 
@@ -163,7 +276,10 @@ async fn kill_9_and_restart_restores_the_backend_from_state() {
     let (b1, b2) = (Backend::start("b1").await, Backend::start("b2").await);
     let dir = handoff_tests::TempDir::new("restart");
     let mut p = Proxy::start_in(dir.path(), &["--backend", &b1.addr_string()]).await;
-    p.client().set_backend(&switch_to(&b2.addr_string())).await.unwrap();
+    p.client()
+        .set_backend(&switch_to(&b2.addr_string()))
+        .await
+        .unwrap();
     p.kill9();
     drop(p);
     // The stale socket from the crash is replaced; --backend does not override state.
@@ -174,23 +290,38 @@ async fn kill_9_and_restart_restores_the_backend_from_state() {
 
     // A corrupt state file is a startup error naming the file, never a reset.
     std::fs::write(dir.path().join("state.json"), b"{\"backend\": ").unwrap();
-    let err = Proxy::try_start_in(dir.path(), &["--backend", &b1.addr_string()]).await.err().expect("must fail");
-    assert!(err.contains("state.json") && err.contains("corrupt"), "{err}");
+    let err = Proxy::try_start_in(dir.path(), &["--backend", &b1.addr_string()])
+        .await
+        .err()
+        .expect("must fail");
+    assert!(
+        err.contains("state.json") && err.contains("corrupt"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_failures_are_502_503_504_and_the_proxy_survives() {
     // No backend at all: 503.
     let p = Proxy::start(&["--upstream-timeout", "500ms"]).await;
-    assert_eq!(get(p.http, "/").await.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        get(p.http, "/").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
     assert_eq!(status(&p).await.backend, None);
 
     // A backend that dies after the switch: connection refused is 502.
     let doomed = Backend::start("doomed").await;
-    p.client().set_backend(&switch_to(&doomed.addr_string())).await.unwrap();
+    p.client()
+        .set_backend(&switch_to(&doomed.addr_string()))
+        .await
+        .unwrap();
     doomed.stop();
     drop(doomed);
-    wait_for("backend gone", Duration::from_secs(5), async || get(p.http, "/").await.status == StatusCode::BAD_GATEWAY).await;
+    wait_for("backend gone", Duration::from_secs(5), async || {
+        get(p.http, "/").await.status == StatusCode::BAD_GATEWAY
+    })
+    .await;
 
     // A backend that resets every connection: 502.
     let resetter = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -201,12 +332,18 @@ async fn upstream_failures_are_502_503_504_and_the_proxy_survives() {
             drop(s);
         }
     });
-    p.client().set_backend(&switch_to(&reset_addr)).await.unwrap();
+    p.client()
+        .set_backend(&switch_to(&reset_addr))
+        .await
+        .unwrap();
     assert_eq!(get(p.http, "/").await.status, StatusCode::BAD_GATEWAY);
 
     // A backend slower than --upstream-timeout: 504.
     let slow = Backend::start("slow").await;
-    p.client().set_backend(&switch_to(&slow.addr_string())).await.unwrap();
+    p.client()
+        .set_backend(&switch_to(&slow.addr_string()))
+        .await
+        .unwrap();
     let reply = get(p.http, "/slow?ms=3000").await;
     assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT, "{}", reply.body);
     // And the proxy is still fine.
@@ -220,9 +357,15 @@ async fn control_socket_is_0600_and_a_live_one_is_not_stolen() {
     let meta = std::fs::metadata(&p.control).unwrap();
     assert!(meta.file_type().is_socket());
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
-    let err = Proxy::try_start_in(&p.dir, &[]).await.err().expect("second proxy on a live socket must fail");
+    let err = Proxy::try_start_in(&p.dir, &[])
+        .await
+        .err()
+        .expect("second proxy on a live socket must fail");
     assert!(err.contains("already listening"), "{err}");
-    assert!(status(&p).await.backend.is_none(), "first proxy still answers");
+    assert!(
+        status(&p).await.backend.is_none(),
+        "first proxy still answers"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -231,13 +374,21 @@ async fn sigterm_lets_the_in_flight_request_finish() {
     let mut p = Proxy::start(&["--backend", &b1.addr_string()]).await;
     let addr = p.http;
     let slow = tokio::spawn(async move { get(addr, "/slow?ms=2000").await });
-    wait_for("slow request in flight", Duration::from_secs(10), async || status(&p).await.in_flight == 1).await;
+    wait_for(
+        "slow request in flight",
+        Duration::from_secs(10),
+        async || status(&p).await.in_flight == 1,
+    )
+    .await;
     p.signal("TERM");
     let exit = p.wait_exit(Duration::from_secs(20)).await;
     let reply = slow.await.unwrap();
     assert_eq!((reply.status, reply.body.as_str()), (StatusCode::OK, "b1"));
     assert!(exit.success(), "exit status {exit:?}");
-    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "still accepting after shutdown");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "still accepting after shutdown"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -249,7 +400,11 @@ async fn sixty_four_keepalive_clients_see_no_error_across_twenty_switches() {
     for i in 0..20 {
         tokio::time::sleep(Duration::from_millis(150)).await;
         let target = if i % 2 == 0 { &b2 } else { &b1 };
-        let r = p.client().set_backend(&switch_to(&target.addr_string())).await.unwrap();
+        let r = p
+            .client()
+            .set_backend(&switch_to(&target.addr_string()))
+            .await
+            .unwrap();
         drained += r.drained as u32;
     }
     tokio::time::sleep(Duration::from_millis(150)).await;
@@ -257,8 +412,18 @@ async fn sixty_four_keepalive_clients_see_no_error_across_twenty_switches() {
     assert_eq!(report.failed, 0, "failed requests: {:?}", report.errors);
     assert_eq!(report.reconnects, 0, "a switch closed client connections");
     assert_eq!(drained, 20);
-    assert!(report.by_body.get("b1").copied().unwrap_or(0) > 0 && report.by_body.get("b2").copied().unwrap_or(0) > 0);
+    assert!(
+        report.by_body.get("b1").copied().unwrap_or(0) > 0
+            && report.by_body.get("b2").copied().unwrap_or(0) > 0
+    );
     assert_eq!(report.ok, report.by_body.values().sum::<u64>());
-    assert_eq!(report.ok, b1.requests() + b2.requests(), "every answer came from a backend");
-    eprintln!("64 clients, 20 switches: {} ok, {} failed", report.ok, report.failed);
+    assert_eq!(
+        report.ok,
+        b1.requests() + b2.requests(),
+        "every answer came from a backend"
+    );
+    eprintln!(
+        "64 clients, 20 switches: {} ok, {} failed",
+        report.ok, report.failed
+    );
 }
