@@ -1,4 +1,88 @@
+//! `handoff`: the deploy command a CI job runs on the Docker host.
+//!
+//! It replaces "docker run on the free port, poll, rewrite nginx, reload,
+//! docker stop" with a sequence that cannot cut a request off: the new
+//! container must be healthy before the proxy switches, and the old one is
+//! stopped only after the proxy reports its requests drained.
 #![forbid(unsafe_code)]
-fn main() -> anyhow::Result<()> {
-    anyhow::bail!("handoff: not implemented yet")
+
+mod cli;
+mod cutover;
+mod deploy;
+mod docker;
+mod env;
+mod error;
+mod health;
+mod lock;
+mod output;
+mod proxy;
+mod registry_auth;
+mod rollback;
+mod slots;
+mod status;
+
+use clap::Parser;
+use cli::{Cli, Command};
+use cutover::Report;
+use output::Output;
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            let code = match e.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => 0,
+                ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => 1,
+                _ => 1,
+            };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    };
+    // Diagnostics for handoff's own debugging; user-facing progress goes
+    // through `Output`. Off unless HANDOFF_LOG asks for it.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HANDOFF_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+
+    let out = Output::new(cli.global.json);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("handoff: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let mut report = Report::default();
+    let result = runtime.block_on(async {
+        match &cli.command {
+            Command::Deploy(args) => deploy::run(&cli.global, args, &out, &mut report).await,
+            Command::Rollback(args) => rollback::run(&cli.global, args, &out, &mut report).await,
+            Command::Status(args) => status::run(&cli.global, args, &out, &mut report).await,
+        }
+    });
+    let code = match &result {
+        Ok(()) => 0,
+        Err(failure) => {
+            out.step(format!("error: {failure}"));
+            failure.exit_code()
+        }
+    };
+    if !matches!(cli.command, Command::Status(_)) {
+        let verdict = match &result {
+            Ok(()) => "ok".to_string(),
+            Err(f) => format!("FAILED (exit {}): {f}", f.exit_code()),
+        };
+        out.result_text(&verdict);
+    }
+    out.result_json(&report.into_json(result.as_ref().err()));
+    std::process::exit(code);
 }

@@ -1,0 +1,239 @@
+//! Command-line interface. Every flag reads an environment variable too, so a
+//! CI job can set the host-wide ones (control socket, state dir) once.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use handoff_shared::parse_duration;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "handoff",
+    version,
+    about = "Zero-downtime blue/green deploys of one Docker container behind handoff-proxy",
+    after_help = "Exit codes: 0 deployed; 1 bad usage, config, or refused (lock held, nothing to roll back to);\n\
+        2 new container unhealthy; 3 Docker error; 4 proxy control error."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every subcommand understands.
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Proxy control socket
+    #[arg(long, global = true, help_heading = "Global options", env = handoff_shared::CONTROL_SOCKET_ENV,
+          default_value = handoff_shared::DEFAULT_CONTROL_SOCKET,
+          value_name = "PATH")]
+    pub control: PathBuf,
+    /// Docker engine: unix:///path or tcp://host:port
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "DOCKER_HOST",
+        default_value = "unix:///var/run/docker.sock",
+        value_name = "URL"
+    )]
+    pub docker_host: String,
+    /// Where per-app lock files live
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "HANDOFF_STATE_DIR",
+        default_value = "/var/lib/handoff",
+        value_name = "DIR"
+    )]
+    pub state_dir: PathBuf,
+    /// Print a machine-readable JSON summary as the last line of stdout
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "HANDOFF_JSON"
+    )]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start IMAGE in the idle slot, health-check it, switch the proxy, drain, stop the old one
+    Deploy(DeployArgs),
+    /// Switch back to the kept previous container
+    Rollback(RollbackArgs),
+    /// Show both slots, which one is live, and the proxy's view
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PullPolicy {
+    Always,
+    Missing,
+    Never,
+}
+
+/// How to wait, health-check and switch; shared by deploy and rollback.
+#[derive(Debug, Args, Clone)]
+pub struct SwitchArgs {
+    /// Give up on the new container after this long
+    #[arg(long, env = "HANDOFF_DEPLOY_TIMEOUT", default_value = "120s", value_parser = parse_duration, value_name = "DUR")]
+    pub deploy_timeout: Duration,
+    /// Time between health checks
+    #[arg(long, env = "HANDOFF_HEALTH_INTERVAL", default_value = "1s", value_parser = parse_duration, value_name = "DUR")]
+    pub health_interval: Duration,
+    /// Timeout of one health check
+    #[arg(long, env = "HANDOFF_HEALTH_TIMEOUT", default_value = "2s", value_parser = parse_duration, value_name = "DUR")]
+    pub health_timeout: Duration,
+    /// How long the proxy waits for old requests after the switch
+    #[arg(long, env = "HANDOFF_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration, value_name = "DUR")]
+    pub drain_timeout: Duration,
+    /// Grace period before the old container is killed
+    #[arg(long, env = "HANDOFF_STOP_TIMEOUT", default_value = "10s", value_parser = parse_duration, value_name = "DUR")]
+    pub stop_timeout: Duration,
+    /// Wait for another deploy of the same app to finish instead of failing
+    #[arg(long, env = "HANDOFF_WAIT_LOCK")]
+    pub wait_lock: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// Image to deploy, e.g. registry.example.com/shop:1.4.2 (required)
+    #[arg(long, env = "HANDOFF_IMAGE", value_name = "IMAGE")]
+    pub image: String,
+    /// App name; containers are NAME-blue and NAME-green (required)
+    #[arg(long, env = "HANDOFF_APP", value_name = "APP")]
+    pub name: String,
+    /// Port the app listens on inside the container
+    #[arg(
+        long,
+        env = "HANDOFF_CONTAINER_PORT",
+        default_value_t = 8080,
+        value_name = "PORT"
+    )]
+    pub container_port: u16,
+    /// Management port inside the container for health checks, if not the app port
+    #[arg(long, env = "HANDOFF_HEALTH_PORT", value_name = "PORT")]
+    pub health_port: Option<u16>,
+    /// Health check path
+    #[arg(
+        long,
+        env = "HANDOFF_HEALTH_PATH",
+        default_value = "/health",
+        value_name = "PATH"
+    )]
+    pub health_path: String,
+    /// Pin the 127.0.0.1 host ports of blue and green (default: ephemeral ports)
+    #[arg(long, env = "HANDOFF_HOST_PORTS", value_parser = parse_host_ports,
+          value_name = "BLUE,GREEN")]
+    pub host_ports: Option<(u16, u16)>,
+    /// Pull the image: always, missing or never
+    #[arg(
+        long,
+        env = "HANDOFF_PULL",
+        value_enum,
+        default_value = "missing",
+        hide_possible_values = true,
+        value_name = "WHEN"
+    )]
+    pub pull: PullPolicy,
+    /// Container env KEY=VALUE, or KEY to pass handoff's own value; repeatable (values are never printed)
+    #[arg(short = 'e', long = "env", value_name = "KEY[=VALUE]")]
+    pub env: Vec<String>,
+    /// Read container env from a file of KEY=VALUE lines; repeatable
+    #[arg(long, value_name = "FILE")]
+    pub env_file: Vec<PathBuf>,
+    /// Extra container label KEY=VALUE; repeatable
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub label: Vec<String>,
+    /// Run an init process as PID 1 that forwards signals (docker run --init)
+    #[arg(long, env = "HANDOFF_INIT")]
+    pub init: bool,
+    /// Keep a container that never got healthy (stopped) for debugging
+    #[arg(long, env = "HANDOFF_KEEP_FAILED")]
+    pub keep_failed: bool,
+    #[command(flatten)]
+    pub switch: SwitchArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// App name (required)
+    #[arg(long, env = "HANDOFF_APP", value_name = "APP")]
+    pub name: String,
+    #[command(flatten)]
+    pub switch: SwitchArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// App name (required)
+    #[arg(long, env = "HANDOFF_APP", value_name = "APP")]
+    pub name: String,
+    /// Timeout of the health probe of each running slot
+    #[arg(long, default_value = "2s", value_parser = parse_duration,
+          value_name = "DUR")]
+    pub health_timeout: Duration,
+}
+
+fn parse_host_ports(text: &str) -> Result<(u16, u16), String> {
+    let bad = || format!("expected two ports BLUE,GREEN such as 8080,8081, got {text:?}");
+    let (a, b) = text.split_once(',').ok_or_else(bad)?;
+    let a: u16 = a.trim().parse().map_err(|_| bad())?;
+    let b: u16 = b.trim().parse().map_err(|_| bad())?;
+    if a == 0 || b == 0 || a == b {
+        return Err(format!(
+            "host ports must be two different non-zero ports, got {text:?}"
+        ));
+    }
+    Ok((a, b))
+}
+
+/// Checks an app name before it becomes part of container names and a lock
+/// file path, so `--name ../x` can never escape the state dir.
+pub fn validate_app_name(name: &str) -> Result<(), String> {
+    let ok_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-');
+    let first_ok = name
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphanumeric());
+    if name.is_empty() || name.len() > 60 || !ok_chars || !first_ok {
+        return Err(format!(
+            "invalid app name {name:?}: use 1-60 characters from [a-zA-Z0-9_.-], starting with a letter or digit"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_ports() {
+        assert_eq!(parse_host_ports("8080,8081").unwrap(), (8080, 8081));
+        for bad in ["8080", "8080,8080", "0,1", "a,b", "8080,99999"] {
+            assert!(parse_host_ports(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn app_names() {
+        validate_app_name("shop").unwrap();
+        validate_app_name("shop-api_2.x").unwrap();
+        for bad in ["", "../x", "-x", "a b", "x/y", &"a".repeat(61)] {
+            assert!(validate_app_name(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,212 @@
+//! The part deploy and rollback share: a started container becomes healthy,
+//! the proxy switches to it and drains, and the old container stops.
+//! Until the switch nothing a user can see has changed, so every failure
+//! before it leaves the site exactly as it was.
+
+use crate::cli::SwitchArgs;
+use crate::docker::Engine;
+use crate::error::{Failure, Result};
+use crate::health::{self, HealthSettings};
+use crate::output::{ms, secs, Output};
+use crate::proxy::{Proxy, SwitchOutcome};
+use crate::slots::ContainerInfo;
+use serde_json::{json, Map, Value};
+use std::time::{Duration, Instant};
+
+/// Collects what happened, for the summary line and `--json`.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub fields: Map<String, Value>,
+    steps: Map<String, Value>,
+}
+
+impl Report {
+    pub fn set(&mut self, key: &str, value: impl Into<Value>) {
+        self.fields.insert(key.into(), value.into());
+    }
+
+    pub fn step(&mut self, name: &str, took: Duration) {
+        self.steps.insert(name.into(), json!(ms(took)));
+    }
+
+    pub fn into_json(mut self, failure: Option<&Failure>) -> Value {
+        let mut out = Map::new();
+        out.insert("ok".into(), json!(failure.is_none()));
+        out.insert(
+            "exit_code".into(),
+            json!(failure.map_or(0, Failure::exit_code)),
+        );
+        if let Some(f) = failure {
+            out.insert("error".into(), json!(f.to_string()));
+            out.insert("error_kind".into(), json!(f.kind()));
+            if let Failure::Unhealthy {
+                exit_code: Some(code),
+                ..
+            } = f
+            {
+                out.insert("container_exit_code".into(), json!(code));
+            }
+        }
+        out.append(&mut self.fields);
+        out.insert("steps_ms".into(), Value::Object(self.steps));
+        Value::Object(out)
+    }
+}
+
+/// What to do with a container that never became healthy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnUnhealthy {
+    Remove,
+    Stop,
+}
+
+pub struct Cutover<'a> {
+    pub engine: &'a Engine,
+    pub proxy: &'a Proxy,
+    pub out: &'a Output,
+    pub switch: &'a SwitchArgs,
+}
+
+impl Cutover<'_> {
+    pub fn health_settings(&self, path: &str, restarts_before: i64) -> HealthSettings {
+        HealthSettings {
+            restarts_before,
+            path: path.to_string(),
+            interval: self.switch.health_interval,
+            timeout: self.switch.health_timeout,
+            deadline: self.switch.deploy_timeout,
+        }
+    }
+
+    /// Runs the cutover to the running container `new`; `old` is the live
+    /// container to stop afterwards, if any.
+    pub async fn run(
+        &self,
+        new: &str,
+        health_path: &str,
+        restarts_before: i64,
+        old: Option<&ContainerInfo>,
+        on_unhealthy: OnUnhealthy,
+        report: &mut Report,
+    ) -> Result<()> {
+        let settings = self.health_settings(health_path, restarts_before);
+        let t = Instant::now();
+        let waited = health::wait_healthy(self.engine, new, &settings, self.out).await;
+        report.step("health", t.elapsed());
+        if let Err(failure) = waited {
+            self.give_up(new, on_unhealthy).await;
+            return Err(failure);
+        }
+
+        let info = self.engine.inspect(new).await?.ok_or_else(|| {
+            Failure::Docker(format!(
+                "container {new} disappeared after becoming healthy"
+            ))
+        })?;
+        let addr = info
+            .backend()
+            .ok_or_else(|| {
+                Failure::Docker(format!(
+                    "container {new} has no app port published on 127.0.0.1"
+                ))
+            })?
+            .to_string();
+        self.out.step(format!(
+            "switching the proxy to {new} at {addr} (drain timeout {})",
+            secs(self.switch.drain_timeout)
+        ));
+        let t = Instant::now();
+        let outcome = match self.proxy.switch(&addr, self.switch.drain_timeout).await {
+            Ok(outcome) => outcome,
+            Err(failure) => {
+                self.out
+                    .step(format!("the proxy did not switch: {failure}"));
+                self.give_up(new, on_unhealthy).await;
+                return Err(failure);
+            }
+        };
+        report.step("switch_and_drain", t.elapsed());
+        report.set("backend", addr.as_str());
+        let mut warning = None;
+        match outcome {
+            SwitchOutcome::Switched(resp) => {
+                report.set(
+                    "drain",
+                    json!({"drained": resp.drained, "in_flight": resp.in_flight, "drain_ms": resp.drain_ms,
+                           "generation": resp.generation, "previous": resp.previous}),
+                );
+                if resp.drained {
+                    self.out.step(format!(
+                        "{new} is live; the previous backend drained in {}",
+                        secs(Duration::from_millis(resp.drain_ms))
+                    ));
+                } else {
+                    self.out.step(format!(
+                        "{new} is live; the drain timed out after {} with {} requests still in flight",
+                        secs(Duration::from_millis(resp.drain_ms)),
+                        resp.in_flight
+                    ));
+                }
+            }
+            SwitchOutcome::SwitchedUnconfirmed(failure) => {
+                self.out.step(format!(
+                    "{new} is live, but the drain result was lost: {failure}"
+                ));
+                report.set(
+                    "drain",
+                    json!({"drained": Value::Null, "error": failure.to_string()}),
+                );
+                warning = Some(failure);
+            }
+        }
+
+        if let Some(old) = old {
+            self.out.step(format!(
+                "stopping {} (grace {}), keeping it for rollback",
+                old.name,
+                secs(self.switch.stop_timeout)
+            ));
+            let t = Instant::now();
+            if let Err(e) = self.engine.stop(&old.name, self.switch.stop_timeout).await {
+                report.step("stop_old", t.elapsed());
+                return Err(Failure::Docker(format!(
+                    "{new} is live, but stopping the old container failed: {e}"
+                )));
+            }
+            report.step("stop_old", t.elapsed());
+        }
+        match warning {
+            // The switch happened and the old container was stopped; the
+            // lost answer is still worth a non-zero exit, as the proxy did
+            // not behave.
+            Some(failure) => Err(failure),
+            None => Ok(()),
+        }
+    }
+
+    /// Prints the container's last logs and removes or stops it.
+    async fn give_up(&self, name: &str, on_unhealthy: OnUnhealthy) {
+        let lines = self.engine.logs_tail(name, 50).await;
+        if lines.is_empty() {
+            self.out.step(format!("{name} printed no logs"));
+        } else {
+            self.out.block(
+                &format!("last {} log lines of {name}:", lines.len()),
+                &lines,
+            );
+        }
+        let (doing, result) = match on_unhealthy {
+            OnUnhealthy::Remove => ("removing", self.engine.remove(name).await),
+            OnUnhealthy::Stop => (
+                "stopping",
+                self.engine.stop(name, self.switch.stop_timeout).await,
+            ),
+        };
+        match result {
+            Ok(()) => self.out.step(format!(
+                "{doing} {name}; the proxy and the live container are unchanged"
+            )),
+            Err(e) => self.out.step(format!("{doing} {name} failed: {e}")),
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! Failures, each tied to the exit code a CI job branches on.
+
+/// Everything that can stop a command. The variant decides the exit code, so
+/// a caller can tell "fix your config" from "the release is broken" from
+/// "the host is broken" without parsing text.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// Bad flags or config, or a refusal (lock held, nothing to roll back to).
+    #[error("{0}")]
+    Usage(String),
+    /// The new container never became healthy; the proxy was not touched.
+    #[error("{message}")]
+    Unhealthy {
+        message: String,
+        /// The container's exit code when it exited or restarted.
+        exit_code: Option<i64>,
+    },
+    /// The Docker engine is unreachable or refused an operation.
+    #[error("{0}")]
+    Docker(String),
+    /// The proxy's control socket is unreachable or refused the switch.
+    #[error("{0}")]
+    Proxy(String),
+}
+
+impl Failure {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Failure::Usage(_) => 1,
+            Failure::Unhealthy { .. } => 2,
+            Failure::Docker(_) => 3,
+            Failure::Proxy(_) => 4,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Failure::Usage(_) => "usage",
+            Failure::Unhealthy { .. } => "unhealthy",
+            Failure::Docker(_) => "docker",
+            Failure::Proxy(_) => "proxy",
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Failure>;

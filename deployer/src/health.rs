@@ -1,0 +1,207 @@
+//! Waiting for a new container to become healthy, and noticing at once when
+//! it never will (it exited or is being restarted).
+
+use crate::docker::Engine;
+use crate::error::{Failure, Result};
+use crate::output::{secs, Output};
+use std::time::{Duration, Instant};
+
+/// How often the container's state is looked at between health tries, so a
+/// crash is reported within this, not at the next try or the deadline.
+const STATE_POLL: Duration = Duration::from_millis(250);
+
+pub struct HealthSettings {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub deadline: Duration,
+    /// The container's restart count when the wait began; any increase
+    /// means it crashed.
+    pub restarts_before: i64,
+}
+
+/// The verdict on one answer: 2xx, and when the body is JSON with a
+/// `status`, that status is `UP` in any case (Spring Actuator style).
+pub fn judge(code: u16, body: &[u8]) -> std::result::Result<(), String> {
+    let snippet = || {
+        let text = String::from_utf8_lossy(&body[..body.len().min(120)])
+            .trim()
+            .to_string();
+        if text.is_empty() {
+            String::new()
+        } else {
+            format!(" {text}")
+        }
+    };
+    if !(200..300).contains(&code) {
+        return Err(format!("HTTP {code}{}", snippet()));
+    }
+    if let Ok(serde_json::Value::Object(map)) = serde_json::from_slice::<serde_json::Value>(body) {
+        if let Some(status) = map.get("status") {
+            let up = status
+                .as_str()
+                .is_some_and(|s| s.trim().eq_ignore_ascii_case("up"));
+            if !up {
+                return Err(format!("HTTP {code} but status is {status}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn client(timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        // A fresh connection per try: a pooled one could hide a dead listener.
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("a plain-HTTP client without TLS always builds")
+}
+
+/// One health try against `http://ADDR/PATH`.
+pub async fn probe(
+    client: &reqwest::Client,
+    addr: &str,
+    path: &str,
+) -> std::result::Result<String, String> {
+    let url = format!("http://{addr}{path}");
+    let resp = client.get(&url).send().await.map_err(|e| short_error(&e))?;
+    let code = resp.status().as_u16();
+    let body = resp.bytes().await.map_err(|e| short_error(&e))?;
+    judge(code, &body).map(|()| format!("HTTP {code}"))
+}
+
+fn short_error(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        return "timed out".into();
+    }
+    // reqwest's own text repeats the URL; the innermost cause says what happened.
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    let text = cause.to_string();
+    if e.is_connect() {
+        format!("cannot connect: {text}")
+    } else {
+        text
+    }
+}
+
+/// Polls until healthy, the deadline, or the container stops running.
+/// Returns how long it took.
+pub async fn wait_healthy(
+    engine: &Engine,
+    container: &str,
+    settings: &HealthSettings,
+    out: &Output,
+) -> Result<Duration> {
+    let started = Instant::now();
+    let client = client(settings.timeout);
+    let mut next_try = Instant::now();
+    let mut last = String::from("no answer yet");
+    let mut last_logged = Instant::now();
+    let mut tries = 0u32;
+    loop {
+        let info = engine
+            .inspect(container)
+            .await?
+            .ok_or_else(|| Failure::Unhealthy {
+                message: format!(
+                    "container {container} disappeared while waiting for it to become healthy"
+                ),
+                exit_code: None,
+            })?;
+        if !info.running || info.restarting || info.restart_count > settings.restarts_before {
+            let code = info.exit_code;
+            let how = if info.restart_count > settings.restarts_before || info.restarting {
+                "exited and is being restarted"
+            } else {
+                "exited"
+            };
+            return Err(Failure::Unhealthy {
+                message: format!(
+                    "container {container} {how} after {} with exit code {} before becoming healthy",
+                    secs(started.elapsed()),
+                    code.map_or("unknown".into(), |c| c.to_string())
+                ),
+                exit_code: code,
+            });
+        }
+        if Instant::now() >= next_try {
+            next_try = Instant::now() + settings.interval;
+            tries += 1;
+            let result = match info.health_addr() {
+                Some(addr) => probe(&client, addr, &settings.path).await,
+                None => Err("the health port is not published".into()),
+            };
+            match result {
+                Ok(answer) => {
+                    out.step(format!(
+                        "{container} is healthy ({answer} on {}) after {} and {tries} tries",
+                        settings.path,
+                        secs(started.elapsed())
+                    ));
+                    return Ok(started.elapsed());
+                }
+                Err(why) => {
+                    let changed = why != last;
+                    let periodic = last_logged.elapsed() >= Duration::from_secs(10);
+                    out.progress(
+                        format!(
+                            "waiting for {container} to become healthy ({}): {why}",
+                            secs(started.elapsed())
+                        ),
+                        changed || periodic,
+                    );
+                    if changed || periodic {
+                        last_logged = Instant::now();
+                    }
+                    last = why;
+                }
+            }
+        }
+        if started.elapsed() >= settings.deadline {
+            return Err(Failure::Unhealthy {
+                message: format!(
+                    "container {container} did not become healthy within {} ({tries} tries; last: {last})",
+                    secs(settings.deadline)
+                ),
+                exit_code: None,
+            });
+        }
+        let until_try = next_try.saturating_duration_since(Instant::now());
+        let until_deadline = settings.deadline.saturating_sub(started.elapsed());
+        tokio::time::sleep(
+            STATE_POLL
+                .min(until_try)
+                .min(until_deadline)
+                .max(Duration::from_millis(10)),
+        )
+        .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::judge;
+
+    #[test]
+    fn health_verdicts() {
+        assert!(judge(200, br#"{"status":"UP"}"#).is_ok());
+        assert!(judge(200, br#"{"status":"up","components":{}}"#).is_ok());
+        assert!(judge(204, b"").is_ok());
+        assert!(judge(200, b"OK").is_ok());
+        assert!(judge(200, br#"{"healthy":true}"#).is_ok());
+        assert!(judge(200, br#"{"status":"DOWN"}"#)
+            .unwrap_err()
+            .contains("DOWN"));
+        assert!(judge(200, br#"{"status":"UPPISH"}"#).is_err());
+        assert!(judge(200, br#"{"status":1}"#).is_err());
+        assert!(judge(503, br#"{"status":"UP"}"#)
+            .unwrap_err()
+            .contains("503"));
+        assert!(judge(301, b"").is_err());
+    }
+}
