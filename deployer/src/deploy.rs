@@ -62,6 +62,7 @@ fn validate(args: &DeployArgs) -> Result<()> {
             "container ports must be from 1 to 65535".into(),
         ));
     }
+    labels(args, Slot::Blue)?;
     if args.switch.health_interval.is_zero() || args.switch.health_timeout.is_zero() {
         return Err(Failure::Usage(
             "--health-interval and --health-timeout must be more than 0".into(),

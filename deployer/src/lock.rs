@@ -15,7 +15,15 @@ use std::time::{Duration, SystemTime};
 /// Held for as long as the value lives.
 #[derive(Debug)]
 pub struct AppLock {
-    _file: File,
+    file: File,
+}
+
+impl Drop for AppLock {
+    fn drop(&mut self) {
+        // So a stale name is never mistaken for a holder; the kernel
+        // releases the lock itself when the file closes.
+        let _ = self.file.set_len(0);
+    }
 }
 
 fn hostname() -> String {
@@ -99,7 +107,7 @@ pub fn acquire(
         file.write_all(holder.as_bytes())?;
         file.flush()
     });
-    Ok(AppLock { _file: file })
+    Ok(AppLock { file })
 }
 
 #[cfg(test)]
