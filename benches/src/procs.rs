@@ -1,0 +1,252 @@
+//! Child processes that are always stopped, temp dirs that are always removed,
+//! and the small probes (free ports, RSS, tools on PATH) scenarios need.
+//!
+//! Everything here is blocking; scenarios call it from `spawn_blocking` when
+//! load is running so the load generator's threads never stall on it.
+
+use anyhow::{anyhow, bail, Context, Result};
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// A directory under the system temp dir, removed with everything in it on drop.
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Result<TempDir> {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("handoff-bench-{}-{tag}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(TempDir(path))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process that is killed and reaped when dropped, so no scenario,
+/// error path or panic leaves one behind.
+#[derive(Debug)]
+pub struct Proc {
+    name: String,
+    child: Child,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, cmd: &mut Command) -> Result<Proc> {
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {name} ({:?})", cmd.get_program()))?;
+        Ok(Proc {
+            name: name.to_string(),
+            child,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Fails, naming the exit status, if the process is gone already.
+    pub fn check_running(&mut self) -> Result<()> {
+        match self.child.try_wait()? {
+            Some(status) => bail!("{} exited early: {status}", self.name),
+            None => Ok(()),
+        }
+    }
+
+    /// Sends SIGTERM (what `docker stop` sends first) and waits up to 5 s
+    /// for the exit before falling back to SIGKILL.
+    pub fn terminate(&mut self) {
+        if self.child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Resident memory of the process and all its descendants (nginx's
+    /// workers), in KiB.
+    pub fn rss_kb(&self) -> u64 {
+        let mut total = 0;
+        let mut todo = vec![self.pid()];
+        while let Some(pid) = todo.pop() {
+            total += status_field(pid, "VmRSS:").unwrap_or(0);
+            todo.extend(children_of(pid));
+        }
+        total
+    }
+
+    /// Reads stdout lines until one starts with `prefix` and returns it. The
+    /// rest of stdout keeps being drained so the child never blocks on a
+    /// full pipe.
+    pub fn ready_line(&mut self, prefix: &str, timeout: Duration) -> Result<String> {
+        let stdout = self
+            .child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow!("{}: stdout not captured", self.name))?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let prefix = prefix.to_string();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if !sent && line.starts_with(&prefix) {
+                    sent = tx.send(line).is_ok();
+                }
+            }
+        });
+        rx.recv_timeout(timeout).map_err(|_| {
+            let status = self
+                .check_running()
+                .err()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default();
+            anyhow!(
+                "{} printed no ready line within {timeout:?}{status}",
+                self.name
+            )
+        })
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+fn status_field(pid: u32, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = text.lines().find(|l| l.starts_with(field))?;
+    line[field.len()..].split_whitespace().next()?.parse().ok()
+}
+
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
+            out.extend(
+                text.split_whitespace()
+                    .filter_map(|p| p.parse::<u32>().ok()),
+            );
+        }
+    }
+    out
+}
+
+/// A port on 127.0.0.1 that was free a moment ago (for servers such as nginx
+/// that cannot be told to bind port 0 and report it).
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Waits until `addr` accepts TCP connections, failing early if `proc` died.
+pub fn wait_listening(proc: &mut Proc, addr: SocketAddr, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+            return Ok(());
+        }
+        proc.check_running()?;
+        if Instant::now() > deadline {
+            bail!("{} did not listen on {addr} within {timeout:?}", proc.name);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Looks `name` up on PATH and in the sbin directories where distributions
+/// put nginx and haproxy (often not on a non-root PATH).
+pub fn find_tool(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/local/sbin", "/usr/sbin", "/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+/// A binary built next to this one (same cargo target dir), e.g.
+/// `handoff-proxy`; `env` overrides the location.
+pub fn sibling_binary(name: &str, env: &str) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os(env) {
+        return Some(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().ok()?;
+    let p = exe.parent()?.join(name);
+    p.is_file().then_some(p)
+}
+
+/// The last lines of a log file, for error messages.
+pub fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(8)..].join("\n")
+}
+
+/// The bench backend as a child process.
+#[derive(Debug)]
+pub struct Backend {
+    pub proc: Proc,
+    pub addr: SocketAddr,
+    pub id: u8,
+}
+
+impl Backend {
+    /// Starts `handoff-bench backend` on `port` (0 for any) and waits for its
+    /// ready line.
+    pub fn start(id: u8, port: u16) -> Result<Backend> {
+        let exe = std::env::current_exe()?;
+        let mut cmd = Command::new(exe);
+        cmd.args([
+            "backend",
+            "--port",
+            &port.to_string(),
+            "--id",
+            &id.to_string(),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+        let mut proc = Proc::spawn(&format!("backend {id}"), &mut cmd)?;
+        let line = proc.ready_line("handoff-bench backend ready ", Duration::from_secs(10))?;
+        let addr = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("addr="))
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| anyhow!("backend ready line without addr: {line}"))?;
+        Ok(Backend { proc, addr, id })
+    }
+}

@@ -1,0 +1,356 @@
+//! `steady`: the same load against the backend directly (the ceiling),
+//! handoff-proxy, nginx and HAProxy, each proxy's throughput reported as a
+//! ratio of the direct figure measured in the same round.
+
+use super::{blocking, unavailable, Common};
+use crate::loadgen::{self, LoadSpec, Mode, Stream};
+use crate::procs::{find_tool, Backend};
+use crate::report::{self, ms, table, Machine};
+use crate::servers::{missing_nginx, HandoffProxy, Haproxy, Nginx};
+use crate::stats::{summarize, Summary};
+use crate::wrk::{self, WrkFigures};
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct SteadyArgs {
+    /// Connection counts to run (closed loop).
+    #[arg(long, value_delimiter = ',', default_value = "64,256")]
+    pub conns: Vec<usize>,
+    /// Interleaved rounds over all targets; the table shows the median.
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
+    /// Open-loop pass at this fraction of the slowest target's closed-loop
+    /// throughput at the first connection count (0 skips it).
+    #[arg(long, default_value_t = 0.5)]
+    pub open_fraction: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Row {
+    pub target: String,
+    pub conns: usize,
+    pub mode: String,
+    pub round: usize,
+    pub summary: Summary,
+    /// Throughput relative to `direct` in the same round, mode and conns.
+    pub ratio: Option<f64>,
+    /// Resident memory of the proxy (all processes) after the run, KiB.
+    pub rss_kb: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WrkRow {
+    pub target: String,
+    pub conns: usize,
+    pub harness: Summary,
+    pub wrk: WrkFigures,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SteadyReport {
+    pub machine: Machine,
+    pub duration_s: f64,
+    pub rows: Vec<Row>,
+    pub wrk: Vec<WrkRow>,
+    pub missing: Vec<String>,
+}
+
+enum Server {
+    Direct,
+    Handoff(HandoffProxy),
+    Nginx(Nginx),
+    Haproxy(Haproxy),
+}
+
+struct Target {
+    name: &'static str,
+    addr: SocketAddr,
+    server: Server,
+}
+
+impl Target {
+    fn rss_kb(&self) -> Option<u64> {
+        match &self.server {
+            Server::Direct => None,
+            Server::Handoff(p) => Some(p.rss_kb()),
+            Server::Nginx(p) => Some(p.rss_kb()),
+            Server::Haproxy(p) => Some(p.rss_kb()),
+        }
+    }
+}
+
+pub async fn run(common: &Common, args: &SteadyArgs) -> Result<SteadyReport> {
+    let machine = Machine::probe();
+    let backend = blocking(|| Backend::start(1, 0)).await?;
+    let mut missing = Vec::new();
+    let mut targets = vec![Target {
+        name: "direct",
+        addr: backend.addr,
+        server: Server::Direct,
+    }];
+    let addr = backend.addr;
+    if let Err(e) = HandoffProxy::binary() {
+        missing.push(unavailable(e.to_string())?);
+    } else {
+        let p = blocking(move || HandoffProxy::start(addr, "30s")).await?;
+        targets.push(Target {
+            name: "handoff",
+            addr: p.addr,
+            server: Server::Handoff(p),
+        });
+    }
+    if find_tool("nginx").is_none() {
+        missing.push(unavailable(missing_nginx())?);
+    } else {
+        let port = backend.addr.port();
+        let p = blocking(move || Nginx::start(port)).await?;
+        targets.push(Target {
+            name: "nginx",
+            addr: p.addr,
+            server: Server::Nginx(p),
+        });
+    }
+    if Haproxy::available() {
+        let p = blocking(move || Haproxy::start(addr)).await?;
+        targets.push(Target {
+            name: "haproxy",
+            addr: p.addr,
+            server: Server::Haproxy(p),
+        });
+    } else {
+        missing.push("haproxy not installed (optional: apt-get install -y haproxy)".into());
+    }
+
+    let mut rows = Vec::new();
+    for round in 0..args.rounds.max(1) {
+        for &conns in &args.conns {
+            measure_all(common, &targets, conns, Mode::Closed, round, &mut rows).await;
+        }
+    }
+    let first_c = args.conns.first().copied().unwrap_or(64);
+    // A rate every target sustains, so p99 reflects the proxy, not a queue.
+    let slowest = targets
+        .iter()
+        .map(|t| {
+            median(
+                rows.iter()
+                    .filter(|r| r.target == t.name && r.conns == first_c)
+                    .map(|r| r.summary.rps),
+            )
+        })
+        .fold(f64::INFINITY, f64::min);
+    if args.open_fraction > 0.0 && slowest.is_finite() && slowest > 0.0 {
+        let rate = (slowest * args.open_fraction).round();
+        measure_all(common, &targets, first_c, Mode::Open { rate }, 0, &mut rows).await;
+    }
+
+    let mut wrk_rows = Vec::new();
+    if wrk::available() {
+        for t in &targets {
+            let (addr, dur) = (t.addr, common.duration);
+            let figures = blocking(move || wrk::run(addr, first_c, dur)).await?;
+            let harness = rows
+                .iter()
+                .rev()
+                .find(|r| r.target == t.name && r.conns == first_c && r.mode == "closed")
+                .map(|r| r.summary.clone())
+                .unwrap_or_default();
+            wrk_rows.push(WrkRow {
+                target: t.name.into(),
+                conns: first_c,
+                harness,
+                wrk: figures,
+            });
+        }
+    } else {
+        missing.push(unavailable(
+            "wrk not installed: no cross-check (apt-get install -y wrk)".into(),
+        )?);
+    }
+    drop(targets);
+    drop(backend);
+    Ok(SteadyReport {
+        machine,
+        duration_s: common.duration.as_secs_f64(),
+        rows,
+        wrk: wrk_rows,
+        missing,
+    })
+}
+
+async fn measure_all(
+    common: &Common,
+    targets: &[Target],
+    conns: usize,
+    mode: Mode,
+    round: usize,
+    rows: &mut Vec<Row>,
+) {
+    let mut direct_rps = None;
+    for t in targets {
+        let spec = |duration| LoadSpec {
+            target: t.addr,
+            streams: vec![Stream {
+                path: "/".into(),
+                conns,
+                mode,
+                long: false,
+            }],
+            duration,
+            max_requests: common.max_requests,
+            timeout: Duration::from_secs(10),
+        };
+        loadgen::run(spec(common.warmup), Instant::now()).await;
+        let result = loadgen::run(spec(common.duration), Instant::now()).await;
+        let summary = summarize(&result.samples, common.duration);
+        if t.name == "direct" {
+            direct_rps = Some(summary.rps);
+        }
+        let ratio = direct_rps.filter(|d| *d > 0.0).map(|d| summary.rps / d);
+        let mode_name = match mode {
+            Mode::Closed => "closed".to_string(),
+            Mode::Open { rate } => format!("open {rate:.0}/s"),
+        };
+        tracing::info!(
+            "steady {} c={conns} {mode_name}: {:.0} req/s p99 {} ms, {} failed",
+            t.name,
+            summary.rps,
+            ms(summary.p99_ms),
+            summary.failed
+        );
+        rows.push(Row {
+            target: t.name.into(),
+            conns,
+            mode: mode_name,
+            round,
+            summary,
+            ratio,
+            rss_kb: t.rss_kb(),
+        });
+    }
+}
+
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.collect();
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+pub fn markdown(r: &SteadyReport) -> String {
+    let mut out = format!(
+        "### steady ({:.0} s per run)\n\n{}\n\n",
+        r.duration_s,
+        r.machine.markdown()
+    );
+    // One line per (mode, conns, target): the round with the median ratio.
+    let mut keys: Vec<(String, usize, String)> = Vec::new();
+    for row in &r.rows {
+        let key = (row.mode.clone(), row.conns, row.target.clone());
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    let mut cells = Vec::new();
+    for (mode, conns, target) in keys {
+        let mut group: Vec<&Row> = r
+            .rows
+            .iter()
+            .filter(|x| x.mode == mode && x.conns == conns && x.target == target)
+            .collect();
+        group.sort_by(|a, b| a.ratio.unwrap_or(0.0).total_cmp(&b.ratio.unwrap_or(0.0)));
+        let row = group[group.len() / 2];
+        let ratios = if group.len() > 1 {
+            format!(
+                " ({})",
+                group
+                    .iter()
+                    .map(|g| format!("{:.2}", g.ratio.unwrap_or(0.0)))
+                    .collect::<Vec<_>>()
+                    .join("/")
+            )
+        } else {
+            String::new()
+        };
+        let s = &row.summary;
+        cells.push(vec![
+            target,
+            conns.to_string(),
+            mode,
+            format!("{:.0}", s.rps),
+            row.ratio
+                .map(|x| format!("{x:.2}{ratios}"))
+                .unwrap_or_else(|| "-".into()),
+            ms(s.p50_ms),
+            ms(s.p99_ms),
+            ms(s.p999_ms),
+            report::errors(&s.errors),
+            row.rss_kb
+                .map(|k| format!("{:.1}", k as f64 / 1024.0))
+                .unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    out += &table(
+        &[
+            "target",
+            "c",
+            "load",
+            "req/s",
+            "ratio to direct",
+            "p50 ms",
+            "p99 ms",
+            "p99.9 ms",
+            "errors",
+            "RSS MiB",
+        ],
+        &cells,
+    );
+    if !r.wrk.is_empty() {
+        out += "\ncross-check against wrk (-t2, same duration):\n\n";
+        let rows: Vec<Vec<String>> = r
+            .wrk
+            .iter()
+            .map(|w| {
+                vec![
+                    w.target.clone(),
+                    w.conns.to_string(),
+                    format!("{:.0}", w.harness.rps),
+                    format!("{:.0}", w.wrk.rps),
+                    format!(
+                        "{:.2}",
+                        if w.wrk.rps > 0.0 {
+                            w.harness.rps / w.wrk.rps
+                        } else {
+                            0.0
+                        }
+                    ),
+                    format!("{} / {}", ms(w.harness.p50_ms), ms(w.harness.p99_ms)),
+                    format!("{} / {}", ms(w.wrk.p50_ms), ms(w.wrk.p99_ms)),
+                    w.wrk.errors.to_string(),
+                ]
+            })
+            .collect();
+        out += &table(
+            &[
+                "target",
+                "c",
+                "harness req/s",
+                "wrk req/s",
+                "harness/wrk",
+                "harness p50/p99 ms",
+                "wrk p50/p99 ms",
+                "wrk errors",
+            ],
+            &rows,
+        );
+    }
+    for m in &r.missing {
+        out += &format!("\nmissing: {m}\n");
+    }
+    out
+}

@@ -1,0 +1,283 @@
+//! The proxies under test, each started as a foreground child with its config,
+//! pid file and logs in its own temp dir on 127.0.0.1 high ports.
+
+use crate::procs::{find_tool, free_port, log_tail, sibling_binary, wait_listening, Proc, TempDir};
+use anyhow::{anyhow, bail, Context, Result};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a proxy is unavailable, worded for the report.
+pub fn missing_nginx() -> String {
+    "nginx not found on PATH or in /usr/sbin (apt-get install -y nginx)".into()
+}
+
+/// nginx as a reverse proxy with upstream keep-alive, configured the way
+/// bluegreen.sh does it: the upstream lives in `backend.conf`, generated from
+/// `backend.template` by envsubst.
+#[derive(Debug)]
+pub struct Nginx {
+    proc: Proc,
+    bin: PathBuf,
+    dir: TempDir,
+    pub addr: SocketAddr,
+}
+
+const NGINX_CONF: &str = r#"worker_processes auto;
+daemon off;
+pid @DIR@/nginx.pid;
+error_log @DIR@/error.log warn;
+events { worker_connections 8192; }
+http {
+    access_log off;
+    client_body_temp_path @DIR@/tmp-body;
+    proxy_temp_path @DIR@/tmp-proxy;
+    fastcgi_temp_path @DIR@/tmp-fastcgi;
+    uwsgi_temp_path @DIR@/tmp-uwsgi;
+    scgi_temp_path @DIR@/tmp-scgi;
+    keepalive_requests 10000000;
+    keepalive_timeout 75s;
+    include @DIR@/backend.conf;
+    server {
+        listen 127.0.0.1:@PORT@ backlog=4096;
+        location / {
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_read_timeout 120s;
+        }
+    }
+}
+"#;
+
+/// The upstream template, in envsubst syntax exactly as bluegreen.sh uses it.
+const NGINX_UPSTREAM_TEMPLATE: &str = r#"upstream app {
+    server 127.0.0.1:${BACKEND_PORT};
+    keepalive 512;
+    keepalive_requests 10000000;
+}
+"#;
+
+impl Nginx {
+    pub fn start(backend_port: u16) -> Result<Nginx> {
+        let bin = find_tool("nginx").ok_or_else(|| anyhow!(missing_nginx()))?;
+        let dir = TempDir::new("nginx")?;
+        let port = free_port()?;
+        let d = dir.path().display().to_string();
+        std::fs::write(
+            dir.path().join("nginx.conf"),
+            NGINX_CONF
+                .replace("@DIR@", &d)
+                .replace("@PORT@", &port.to_string()),
+        )?;
+        std::fs::write(dir.path().join("backend.template"), NGINX_UPSTREAM_TEMPLATE)?;
+        write_upstream(dir.path(), backend_port)?;
+        let mut cmd = Command::new(&bin);
+        cmd.args(nginx_args(&dir))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut proc = Proc::spawn("nginx", &mut cmd)?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        wait_listening(&mut proc, addr, START_TIMEOUT).map_err(|e| {
+            anyhow!(
+                "{e}; error.log:\n{}",
+                log_tail(&dir.path().join("error.log"))
+            )
+        })?;
+        Ok(Nginx {
+            proc,
+            bin,
+            dir,
+            addr,
+        })
+    }
+
+    /// bluegreen.sh step 8: regenerate the upstream and `nginx -s reload`.
+    /// Returns once the reload signal was sent; nginx swaps workers
+    /// asynchronously, exactly as in the script.
+    pub fn switch_upstream(&self, backend_port: u16) -> Result<()> {
+        write_upstream(self.dir.path(), backend_port)?;
+        let out = Command::new(&self.bin)
+            .args(nginx_args(&self.dir))
+            .args(["-s", "reload"])
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "nginx -s reload failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    pub fn rss_kb(&self) -> u64 {
+        self.proc.rss_kb()
+    }
+}
+
+fn nginx_args(dir: &TempDir) -> Vec<String> {
+    let d = dir.path().display();
+    vec![
+        "-p".into(),
+        format!("{d}/"),
+        "-c".into(),
+        format!("{d}/nginx.conf"),
+        "-e".into(),
+        format!("{d}/error.log"),
+    ]
+}
+
+/// Writes `backend.conf` with envsubst when installed (as the script does),
+/// else with the same substitution done here.
+fn write_upstream(dir: &std::path::Path, port: u16) -> Result<()> {
+    let target = dir.join("backend.conf");
+    if let Some(envsubst) = find_tool("envsubst") {
+        let mut child = Command::new(envsubst)
+            .arg("${BACKEND_PORT}")
+            .env("BACKEND_PORT", port.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(NGINX_UPSTREAM_TEMPLATE.as_bytes())?;
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!("envsubst failed: {}", out.status);
+        }
+        std::fs::write(&target, out.stdout)?;
+    } else {
+        std::fs::write(
+            &target,
+            NGINX_UPSTREAM_TEMPLATE.replace("${BACKEND_PORT}", &port.to_string()),
+        )?;
+    }
+    Ok(())
+}
+
+/// HAProxy in HTTP mode with server-side connection reuse; optional.
+#[derive(Debug)]
+pub struct Haproxy {
+    proc: Proc,
+    _dir: TempDir,
+    pub addr: SocketAddr,
+}
+
+impl Haproxy {
+    pub fn available() -> bool {
+        find_tool("haproxy").is_some()
+    }
+
+    pub fn start(backend: SocketAddr) -> Result<Haproxy> {
+        let bin = find_tool("haproxy")
+            .ok_or_else(|| anyhow!("haproxy not found (apt-get install -y haproxy)"))?;
+        let dir = TempDir::new("haproxy")?;
+        let port = free_port()?;
+        let cfg = format!(
+            "global\n    maxconn 8000\n    nbthread 2\n\
+             defaults\n    mode http\n    timeout connect 5s\n    timeout client 120s\n    timeout server 120s\n    \
+             http-reuse always\n\
+             frontend fe\n    bind 127.0.0.1:{port}\n    default_backend be\n\
+             backend be\n    server app {backend}\n"
+        );
+        let path = dir.path().join("haproxy.cfg");
+        std::fs::write(&path, cfg)?;
+        let log = std::fs::File::create(dir.path().join("haproxy.log"))?;
+        let mut cmd = Command::new(bin);
+        cmd.arg("-db")
+            .arg("-f")
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        let mut proc = Proc::spawn("haproxy", &mut cmd)?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        wait_listening(&mut proc, addr, START_TIMEOUT)
+            .map_err(|e| anyhow!("{e}; log:\n{}", log_tail(&dir.path().join("haproxy.log"))))?;
+        Ok(Haproxy {
+            proc,
+            _dir: dir,
+            addr,
+        })
+    }
+
+    pub fn rss_kb(&self) -> u64 {
+        self.proc.rss_kb()
+    }
+}
+
+/// handoff-proxy, started per its CLI contract and ready when it says so.
+#[derive(Debug)]
+pub struct HandoffProxy {
+    proc: Proc,
+    dir: TempDir,
+    pub addr: SocketAddr,
+    pub control: PathBuf,
+}
+
+impl HandoffProxy {
+    pub fn binary() -> Result<PathBuf> {
+        sibling_binary("handoff-proxy", "HANDOFF_PROXY_BIN").ok_or_else(|| {
+            anyhow!("handoff-proxy binary not found next to handoff-bench (cargo build --release -p handoff-proxy, or set HANDOFF_PROXY_BIN)")
+        })
+    }
+
+    pub fn start(backend: SocketAddr, drain_timeout: &str) -> Result<HandoffProxy> {
+        let bin = Self::binary()?;
+        let dir = TempDir::new("handoff")?;
+        let control = dir.path().join("control.sock");
+        let log = std::fs::File::create(dir.path().join("proxy.log"))?;
+        let mut cmd = Command::new(bin);
+        cmd.args(["--http", "127.0.0.1:0", "--control"])
+            .arg(&control)
+            .arg("--state")
+            .arg(dir.path().join("state.json"))
+            .args([
+                "--backend",
+                &backend.to_string(),
+                "--drain-timeout",
+                drain_timeout,
+            ])
+            .env(
+                "RUST_LOG",
+                std::env::var("HANDOFF_BENCH_PROXY_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log);
+        let mut proc = Proc::spawn("handoff-proxy", &mut cmd)?;
+        let line = proc
+            .ready_line("handoff-proxy ready ", START_TIMEOUT)
+            .map_err(|e| anyhow!("{e}; log:\n{}", log_tail(&dir.path().join("proxy.log"))))?;
+        let field = |key: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .map(str::to_string)
+        };
+        let addr = field("http=")
+            .and_then(|a| a.parse().ok())
+            .with_context(|| format!("no http=ADDR in ready line {line:?}"))?;
+        let control = field("control=").map(PathBuf::from).unwrap_or(control);
+        Ok(HandoffProxy {
+            proc,
+            dir,
+            addr,
+            control,
+        })
+    }
+
+    pub fn rss_kb(&self) -> u64 {
+        self.proc.rss_kb()
+    }
+
+    pub fn log_tail(&self) -> String {
+        log_tail(&self.dir.path().join("proxy.log"))
+    }
+}
