@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Default)]
 pub struct Report {
     pub fields: Map<String, Value>,
-    steps: Map<String, Value>,
+    /// In the order they ran.
+    steps: Vec<(String, u64)>,
 }
 
 impl Report {
@@ -26,7 +27,57 @@ impl Report {
     }
 
     pub fn step(&mut self, name: &str, took: Duration) {
-        self.steps.insert(name.into(), json!(ms(took)));
+        self.steps.push((name.into(), ms(took)));
+    }
+
+    /// The human-readable result of a deploy or rollback that went through.
+    pub fn success_text(&self) -> String {
+        let f = &self.fields;
+        let text = |k: &str| f.get(k).and_then(Value::as_str).unwrap_or("?").to_string();
+        let verb = if text("command") == "rollback" {
+            "rolled back to"
+        } else {
+            "deployed"
+        };
+        let mut lines = vec![format!(
+            "{verb} {}: {} is live at {}",
+            text("image"),
+            text("container"),
+            text("backend")
+        )];
+        if let Some(prev) = f.get("previous").filter(|p| p.is_object()) {
+            lines.push(format!(
+                "previous: {} ({}), stopped and kept for rollback",
+                prev["container"].as_str().unwrap_or("?"),
+                prev["image"].as_str().unwrap_or("?")
+            ));
+        }
+        if let Some(drain) = f.get("drain") {
+            let took = secs(Duration::from_millis(
+                drain["drain_ms"].as_u64().unwrap_or(0),
+            ));
+            lines.push(match drain["drained"].as_bool() {
+                Some(true) => format!("drain: all old requests finished ({took})"),
+                Some(false) => format!(
+                    "drain: timed out after {took} with {} requests in flight",
+                    drain["in_flight"].as_u64().unwrap_or(0)
+                ),
+                None => "drain: result unknown".to_string(),
+            });
+        }
+        let steps: Vec<String> = self
+            .steps
+            .iter()
+            .map(|(k, v)| {
+                format!(
+                    "{} {}",
+                    k.replace('_', " "),
+                    secs(Duration::from_millis(*v))
+                )
+            })
+            .collect();
+        lines.push(format!("steps: {}", steps.join(", ")));
+        lines.join("\n")
     }
 
     pub fn into_json(mut self, failure: Option<&Failure>) -> Value {
@@ -48,7 +99,8 @@ impl Report {
             }
         }
         out.append(&mut self.fields);
-        out.insert("steps_ms".into(), Value::Object(self.steps));
+        let steps = self.steps.into_iter().map(|(k, v)| (k, json!(v))).collect();
+        out.insert("steps_ms".into(), Value::Object(steps));
         Value::Object(out)
     }
 }

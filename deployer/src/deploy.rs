@@ -142,30 +142,48 @@ pub async fn run(
         engine.remove(&name).await?;
     }
 
-    let host_port = match args.host_ports {
-        Some((blue, green)) => match target {
-            Slot::Blue => blue,
-            Slot::Green => green,
-        },
-        None => 0,
-    };
+    let pinned = args.host_ports.map(|(blue, green)| match target {
+        Slot::Blue => blue,
+        Slot::Green => green,
+    });
     let env_keys: Vec<String> = env.keys().into_iter().map(|k| format!("{k}=***")).collect();
-    let spec = ContainerSpec {
+    let mut spec = ContainerSpec {
         name: name.clone(),
         image: args.image.clone(),
         env: env.entries,
         labels: labels(args, target)?,
         container_port: args.container_port,
         health_port: args.health_port,
-        host_port,
+        host_port: 0,
         init: args.init,
     };
     let t = Instant::now();
-    if let Err(e) = engine.create_and_start(&spec).await {
-        // A container that was created but could not start (port taken)
-        // must not linger in the slot.
-        let _ = engine.remove(&name).await;
-        return Err(e);
+    let mut attempt = 1;
+    loop {
+        // Without pins, handoff still picks a concrete port: Docker keeps an
+        // explicit binding across daemon restarts, while an ephemeral one
+        // would change and leave the proxy's saved backend pointing nowhere.
+        spec.host_port = match pinned {
+            Some(port) => port,
+            None => free_loopback_port()?,
+        };
+        match engine.create_and_start(&spec).await {
+            Ok(()) => break,
+            Err(e) => {
+                // A container that was created but could not start (port
+                // taken) must not linger in the slot.
+                let _ = engine.remove(&name).await;
+                let raced = pinned.is_none() && is_port_conflict(&e) && attempt < 5;
+                if !raced {
+                    return Err(e);
+                }
+                out.step(format!(
+                    "port {} was taken meanwhile; picking another",
+                    spec.host_port
+                ));
+                attempt += 1;
+            }
+        }
     }
     report.step("start", t.elapsed());
     if let Some(info) = engine.inspect(&name).await? {
@@ -214,6 +232,20 @@ pub async fn run(
         secs(started.elapsed())
     ));
     Ok(())
+}
+
+/// A port on 127.0.0.1 that is free right now. Another process may take it
+/// before Docker binds it; the caller retries on that conflict.
+fn free_loopback_port() -> Result<u16> {
+    std::net::TcpListener::bind(("127.0.0.1", 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| Failure::Docker(format!("cannot find a free port on 127.0.0.1: {e}")))
+}
+
+fn is_port_conflict(failure: &Failure) -> bool {
+    let text = failure.to_string();
+    text.contains("already allocated") || text.contains("already in use")
 }
 
 fn short_id(id: &str) -> &str {

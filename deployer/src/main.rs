@@ -78,7 +78,7 @@ fn main() {
     };
     if !matches!(cli.command, Command::Status(_)) {
         let verdict = match &result {
-            Ok(()) => "ok".to_string(),
+            Ok(()) => report.success_text(),
             Err(f) => format!("FAILED (exit {}): {f}", f.exit_code()),
         };
         out.result_text(&verdict);

@@ -6,7 +6,7 @@
 //! except under CI=true, where they fail (except the usage test, which
 //! needs no engine).
 
-use handoff_tests::docker::{assert_failed, stage, Handoff};
+use handoff_tests::docker::{assert_failed, container_state, stage, Handoff};
 use handoff_tests::request::{self, wait_for};
 use std::time::Duration;
 
@@ -271,6 +271,70 @@ async fn pinned_host_ports_and_a_taken_port_is_a_docker_error() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_failure_is_exit_3_and_changes_nothing() {
+    let Some(env) = stage("pull").await else {
+        return;
+    };
+    env.deploy_ok(&env.images.v1, &[]).await;
+    let before = env.proxy.client().status().await.unwrap();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    // A registry on a closed loopback port: the pull fails at once.
+    let unpullable = format!("127.0.0.1:9/handoff-testapp:v{nanos}");
+    let never_built = format!("handoff-testapp:never-built-{nanos}");
+    for (image, pull, expect) in [
+        (unpullable.as_str(), "always", "failed to pull"),
+        (unpullable.as_str(), "missing", "failed to pull"),
+        (never_built.as_str(), "never", "--pull never"),
+    ] {
+        let out = env
+            .handoff
+            .run(&[
+                "deploy",
+                "--json",
+                "--name",
+                &env.app.name,
+                "--image",
+                image,
+                "--pull",
+                pull,
+            ])
+            .await;
+        assert_failed(&out, 3);
+        assert!(out.stderr.contains(expect), "--pull {pull}: {out}");
+    }
+    let after = env.proxy.client().status().await.unwrap();
+    assert_eq!(
+        (after.backend, after.generation),
+        (before.backend, before.generation)
+    );
+    assert_eq!(env.app.containers(), vec![env.app.blue()]);
+    assert_eq!(env.body("/").await, "v1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_failed_keeps_the_failed_container_stopped() {
+    let Some(env) = stage("keep").await else {
+        return;
+    };
+    env.deploy_ok(&env.images.v1, &[]).await;
+    let out = env
+        .handoff
+        .deploy(&env.app.name, &env.images.v4_crash, &["--keep-failed"])
+        .await;
+    assert_failed(&out, 2);
+    // Kept for a post-mortem, but stopped: not restarting in a loop.
+    let (status, _, _) = container_state(&env.app.green()).expect("kept");
+    assert_eq!(status, "exited", "{out}");
+    assert_eq!(env.body("/").await, "v1");
+    // The next deploy replaces it.
+    env.deploy_ok(&env.images.v2, &[]).await;
+    assert_eq!(env.body("/").await, "v2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_usage_exits_1_naming_the_problem() {
     // Needs neither Docker nor a proxy: validation comes first.
     let dir = handoff_tests::TempDir::new("usage");
@@ -346,6 +410,18 @@ async fn bad_usage_exits_1_naming_the_problem() {
             "reserved",
         ),
         (&["rollback"], "--name"),
+        (
+            &[
+                "deploy",
+                "--name",
+                "shop",
+                "--image",
+                "a:1",
+                "--env-file",
+                "/nonexistent/app.env",
+            ],
+            "cannot read --env-file /nonexistent/app.env",
+        ),
     ];
     for (args, expect) in cases {
         let out = h.run(args).await;
