@@ -174,7 +174,7 @@ pub struct StatusArgs {
     #[arg(long, env = "HANDOFF_APP", value_name = "APP")]
     pub name: String,
     /// Timeout of the health probe of each running slot
-    #[arg(long, default_value = "2s", value_parser = parse_duration,
+    #[arg(long, env = "HANDOFF_HEALTH_TIMEOUT", default_value = "2s", value_parser = parse_duration,
           value_name = "DUR")]
     pub health_timeout: Duration,
 }
