@@ -19,7 +19,8 @@ BATCH=10           # short requests per curl run; a timestamp is taken per run
 LOAD_MAX_SECONDS=60
 MAX_BATCHES=2000   # per client: the load stops by itself even if we do not
 
-say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+if [ -t 1 ]; then bold=$'\033[1m' plain=$'\033[0m'; else bold="" plain=""; fi
+say() { printf '\n%s==> %s%s\n' "$bold" "$*" "$plain"; }
 die() { printf '\ndemo: %s\n' "$*" >&2; exit 1; }
 
 # --- what we need -----------------------------------------------------------
@@ -79,11 +80,12 @@ done
 remove_containers # a run killed with -9 may have left some
 
 # --- proxy --------------------------------------------------------------------
-say "Starting handoff-proxy on http://127.0.0.1:$PORT (control socket and state in $work)"
+say "Starting handoff-proxy on http://127.0.0.1:$PORT (its socket, state and log in $work)"
+proxy_args=(--http "127.0.0.1:$PORT" --control "$work/control.sock" --state "$work/state.json")
 admin_args=()
 if "$proxy_bin" --help | grep -q -- '--admin'; then admin_args=(--admin "127.0.0.1:$ADMIN_PORT"); fi
-"$proxy_bin" --http "127.0.0.1:$PORT" --control "$work/control.sock" --state "$work/state.json" \
-    "${admin_args[@]}" >"$work/proxy.out" 2>"$work/proxy.log" &
+echo "\$ handoff-proxy ${proxy_args[*]} ${admin_args[*]}"
+"$proxy_bin" "${proxy_args[@]}" "${admin_args[@]}" >"$work/proxy.out" 2>"$work/proxy.log" &
 proxy_pid=$!
 for _ in $(seq 1 100); do # the proxy prints one "ready" line once it listens
     grep -q '^handoff-proxy ready' "$work/proxy.out" 2>/dev/null && break
@@ -93,14 +95,18 @@ done
 grep -q '^handoff-proxy ready' "$work/proxy.out" || die "handoff-proxy did not report ready within 10s"
 cat "$work/proxy.out"
 
+# The demo's handoff talks to this proxy's socket and keeps its lock files in
+# the temp dir; on a real host both defaults (/run/handoff, /var/lib/handoff) fit.
 handoff() { "$handoff_bin" --control "$work/control.sock" --state-dir "$work" "$@"; }
 deploy() {
     # The demo app ignores SIGTERM (it is PID 1 with no handler), hence the short stop timeout.
-    handoff deploy --image "$APP:$1" --name "$APP" --container-port 8080 --health-path /health \
-        --pull never --stop-timeout 2s
+    local args=(deploy --image "$APP:$1" --name "$APP" --container-port 8080 --health-path /health
+        --pull never --stop-timeout 2s)
+    echo "\$ handoff ${args[*]}"
+    handoff "${args[@]}"
 }
 
-say "Deploying v1:  handoff deploy --image $APP:v1 --name $APP --container-port 8080 --health-path /health"
+say "Deploying v1"
 deploy v1
 echo "curl http://127.0.0.1:$PORT/  ->  $(curl -s "http://127.0.0.1:$PORT/")"
 
@@ -127,7 +133,7 @@ load_client long "http://127.0.0.1:$PORT/slow?ms=1500" 1 &
 load_pids+=($!)
 sleep 3 # let v1 serve for a while, so the chart shows before and after
 
-say "Deploying v2 under load:  handoff deploy --image $APP:v2 --name $APP ..."
+say "Deploying v2 while the load runs"
 deploy_start=$(date +%s%3N)
 deploy v2
 deploy_end=$(date +%s%3N)
@@ -182,8 +188,9 @@ say "What the clients saw"
 echo "handoff status --name $APP:"
 handoff status --name "$APP" | sed 's/^/  /' || true
 if [ ${#admin_args[@]} -gt 0 ]; then
-    echo "proxy metrics (curl http://127.0.0.1:$ADMIN_PORT/metrics), a few lines:"
-    curl -s "http://127.0.0.1:$ADMIN_PORT/metrics" | grep -E '^handoff_[a-z_]*(requests|switch)[a-z_]*(_total)?[{ ]' | head -n 6 | sed 's/^/  /' || true
+    echo "the proxy's own count (curl -s http://127.0.0.1:$ADMIN_PORT/metrics | grep ...):"
+    curl -s "http://127.0.0.1:$ADMIN_PORT/metrics" |
+        grep -E '^handoff_(requests_total\{class="[25]xx"\}|switches_total|drains_total)' | sed 's/^/  /' || true
 fi
 echo
 echo "$total requests while v1 was replaced by v2: $ok answered 200 (v1: $v1, v2: $v2), $failed failed."
