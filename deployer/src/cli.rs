@@ -82,7 +82,7 @@ pub struct SwitchArgs {
     /// Give up on the new container after this long
     #[arg(long, env = "HANDOFF_DEPLOY_TIMEOUT", default_value = "120s", value_parser = parse_duration, value_name = "DUR")]
     pub deploy_timeout: Duration,
-    /// Time between health checks
+    /// Time between health checks (the first few come sooner: 100ms, 200ms, ...)
     #[arg(long, env = "HANDOFF_HEALTH_INTERVAL", default_value = "1s", value_parser = parse_duration, value_name = "DUR")]
     pub health_interval: Duration,
     /// Timeout of one health check

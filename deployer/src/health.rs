@@ -49,6 +49,13 @@ pub fn judge(code: u16, body: &[u8]) -> std::result::Result<(), String> {
     Ok(())
 }
 
+/// The pause after try number `tries` (0-based): 100 ms, 200 ms, 400 ms,
+/// ... up to `interval`, so an app that starts in 300 ms goes live in about
+/// that, not at the first full interval.
+fn try_gap(tries: u32, interval: Duration) -> Duration {
+    Duration::from_millis(100u64 << tries.min(16)).min(interval)
+}
+
 pub fn client(timeout: Duration) -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(timeout)
@@ -130,7 +137,7 @@ pub async fn wait_healthy(
             });
         }
         if Instant::now() >= next_try {
-            next_try = Instant::now() + settings.interval;
+            next_try = Instant::now() + try_gap(tries, settings.interval);
             tries += 1;
             let result = match info.health_addr() {
                 Some(addr) => probe(&client, addr, &settings.path).await,
@@ -186,6 +193,19 @@ pub async fn wait_healthy(
 #[cfg(test)]
 mod tests {
     use super::judge;
+    use std::time::Duration;
+
+    #[test]
+    fn tries_start_fast_and_settle_at_the_interval() {
+        let gaps: Vec<u128> = (0..6)
+            .map(|n| super::try_gap(n, Duration::from_secs(1)).as_millis())
+            .collect();
+        assert_eq!(gaps, vec![100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(
+            super::try_gap(0, Duration::from_millis(50)),
+            Duration::from_millis(50)
+        );
+    }
 
     #[test]
     fn health_verdicts() {

@@ -70,7 +70,6 @@ async fn v1_to_v2_under_64_clients_has_zero_failures_and_v1_stops_after_its_requ
     env.deploy_ok(&env.images.v1, &[]).await;
     let blue_backend = env.backend().await.unwrap();
 
-    let load = load::start(env.proxy.http, "/", 64, Duration::from_secs(90));
     // Five long requests that v1 must finish although it is switched away from.
     let slow: Vec<_> = (0..5)
         .map(|_| {
@@ -85,6 +84,7 @@ async fn v1_to_v2_under_64_clients_has_zero_failures_and_v1_stops_after_its_requ
         async || client.status().await.unwrap().in_flight >= 5,
     )
     .await;
+    let load = load::start(env.proxy.http, "/", 64, Duration::from_secs(90));
 
     let handoff = env.handoff.clone();
     let (app_name, v2) = (env.app.name.clone(), env.images.v2.clone());
