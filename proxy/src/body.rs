@@ -1,6 +1,7 @@
 //! The response body the proxy hands to hyper.
 
 use crate::drain::InFlight;
+use crate::observe::Exchange;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -13,6 +14,7 @@ pub enum ProxyBody {
     Upstream {
         inner: Incoming,
         _in_flight: InFlight,
+        exchange: Option<Exchange>,
     },
     Local(Option<Bytes>),
 }
@@ -22,6 +24,7 @@ impl ProxyBody {
         ProxyBody::Upstream {
             inner,
             _in_flight: in_flight,
+            exchange: None,
         }
     }
 
@@ -31,6 +34,24 @@ impl ProxyBody {
 
     pub fn empty() -> Self {
         ProxyBody::Local(None)
+    }
+
+    /// Ties the request's record to this body: it is finished (counted and
+    /// logged) when hyper drops the body, that is after the last byte.
+    pub fn finish_with(self, mut exchange: Exchange) -> Self {
+        match self {
+            ProxyBody::Upstream {
+                inner, _in_flight, ..
+            } => ProxyBody::Upstream {
+                inner,
+                _in_flight,
+                exchange: Some(exchange),
+            },
+            ProxyBody::Local(bytes) => {
+                exchange.bytes = bytes.as_ref().map_or(0, |b| b.len() as u64);
+                ProxyBody::Local(bytes)
+            }
+        }
     }
 }
 
@@ -43,7 +64,15 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            ProxyBody::Upstream { inner, .. } => Pin::new(inner).poll_frame(cx),
+            ProxyBody::Upstream {
+                inner, exchange, ..
+            } => {
+                let polled = Pin::new(inner).poll_frame(cx);
+                if let (Poll::Ready(Some(Ok(frame))), Some(exchange)) = (&polled, exchange) {
+                    exchange.bytes += frame.data_ref().map_or(0, |d| d.len() as u64);
+                }
+                polled
+            }
             ProxyBody::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
         }
     }

@@ -11,6 +11,19 @@ use std::time::Duration;
 #[derive(Debug, Parser)]
 #[command(name = "handoff-proxy", version, about, max_term_width = 100)]
 pub struct Cli {
+    /// TOML file with any of these settings (keys are the long flag names);
+    /// a flag or env var overrides the file.
+    #[arg(long, env = "HANDOFF_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Admin listener for GET /metrics (Prometheus) and GET /healthz; `off` disables it.
+    #[arg(long, env = "HANDOFF_ADMIN", default_value = "127.0.0.1:9180", value_parser = admin_addr, value_name = "ADDR")]
+    pub admin: Admin,
+
+    /// Log format on stderr: text or json (one access-log line per request either way).
+    #[arg(long, env = "HANDOFF_LOG_FORMAT", default_value = "text", value_name = "FORMAT")]
+    pub log_format: LogFormat,
+
     /// Plain HTTP listen address.
     #[arg(
         long,
@@ -57,6 +70,54 @@ pub struct Cli {
     #[arg(long, env = "HANDOFF_HEADER_TIMEOUT", default_value = "10s", value_parser = duration, value_name = "DURATION")]
     pub header_timeout: Duration,
 
+    /// TLS listen address; on when certificates are given.
+    #[arg(long, env = "HANDOFF_HTTPS", default_value = "0.0.0.0:443", value_name = "ADDR")]
+    pub https: SocketAddr,
+
+    /// PEM certificate chain; repeatable, paired in order with --tls-key. The first is the default for unknown SNI.
+    #[arg(long, env = "HANDOFF_TLS_CERT", value_delimiter = ',', value_name = "PATH")]
+    pub tls_cert: Vec<PathBuf>,
+
+    /// PEM private key (PKCS#8, RSA or EC); repeatable, one per --tls-cert.
+    #[arg(long, env = "HANDOFF_TLS_KEY", value_delimiter = ',', value_name = "PATH")]
+    pub tls_key: Vec<PathBuf>,
+
+    /// Directory of NAME.crt + NAME.key pairs, loaded after --tls-cert (default: none).
+    #[arg(long, env = "HANDOFF_TLS_DIR", value_name = "DIR")]
+    pub tls_dir: Option<PathBuf>,
+
+    /// Answer plain HTTP with 308 to https (needs TLS); default off.
+    #[arg(long, env = "HANDOFF_REDIRECT_HTTPS")]
+    pub redirect_https: bool,
+
+    /// Path prefix still forwarded over plain HTTP with --redirect-https; repeatable.
+    #[arg(long, env = "HANDOFF_REDIRECT_EXEMPT", value_delimiter = ',', default_value = "/.well-known/acme-challenge/", value_name = "PREFIX")]
+    pub redirect_exempt: Vec<String>,
+
+    /// Send Strict-Transport-Security with this max-age on https (default: not sent).
+    #[arg(long, env = "HANDOFF_HSTS_MAX_AGE", value_parser = duration, value_name = "DURATION")]
+    pub hsts_max_age: Option<Duration>,
+
+    /// A TLS handshake must finish within this time.
+    #[arg(long, env = "HANDOFF_TLS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = duration, value_name = "DURATION")]
+    pub tls_handshake_timeout: Duration,
+
+    /// A client connection that moves no byte for this long is closed.
+    #[arg(long, env = "HANDOFF_IDLE_TIMEOUT", default_value = "75s", value_parser = duration, value_name = "DURATION")]
+    pub idle_timeout: Duration,
+
+    /// Largest request head; bigger ones get 431 (minimum 8KiB).
+    #[arg(long, env = "HANDOFF_MAX_HEADER_SIZE", default_value = "32KiB", value_parser = size, value_name = "SIZE")]
+    pub max_header_size: u64,
+
+    /// Largest request body; bigger ones get 413.
+    #[arg(long, env = "HANDOFF_MAX_BODY", default_value = "10MiB", value_parser = size, value_name = "SIZE")]
+    pub max_body: u64,
+
+    /// Client connections served at once; more wait to be accepted.
+    #[arg(long, env = "HANDOFF_MAX_CONNECTIONS", default_value = "10000", value_name = "N")]
+    pub max_connections: usize,
+
     /// Log filter, RUST_LOG syntax.
     #[arg(long, env = "RUST_LOG", default_value = "info", value_name = "FILTER")]
     pub log: String,
@@ -64,4 +125,69 @@ pub struct Cli {
 
 pub fn duration(s: &str) -> Result<Duration, String> {
     handoff_shared::parse_duration(s)
+}
+
+/// The admin address, or `off`.
+#[derive(Debug, Clone, Copy)]
+pub struct Admin(pub Option<SocketAddr>);
+
+fn admin_addr(s: &str) -> Result<Admin, String> {
+    match s {
+        "off" | "none" => Ok(Admin(None)),
+        _ => s.parse().map(|a| Admin(Some(a))).map_err(|e| format!("{e} (an ADDR:PORT or `off`)")),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+fn size(s: &str) -> Result<u64, String> {
+    handoff_proxy::limits::parse_size(s)
+}
+
+impl Cli {
+    /// The TLS listener, when certificates are given; flag combinations that
+    /// cannot work are errors naming the flags.
+    pub fn tls(&self) -> Result<Option<handoff_proxy::config::TlsListener>, String> {
+        use handoff_proxy::tls::{CertPair, TlsSettings};
+        if self.tls_cert.len() != self.tls_key.len() {
+            return Err(format!(
+                "--tls-cert is given {} times and --tls-key {} times; give one key per certificate",
+                self.tls_cert.len(),
+                self.tls_key.len()
+            ));
+        }
+        if self.tls_cert.is_empty() && self.tls_dir.is_none() {
+            if self.redirect_https {
+                return Err("--redirect-https needs TLS (--tls-cert/--tls-key or --tls-dir)".into());
+            }
+            return Ok(None);
+        }
+        let pairs = self.tls_cert.iter().zip(&self.tls_key).map(|(c, k)| CertPair { cert: c.clone(), key: k.clone() }).collect();
+        Ok(Some(handoff_proxy::config::TlsListener {
+            addr: self.https,
+            certs: TlsSettings { pairs, dir: self.tls_dir.clone() },
+            redirect_exempt: self.redirect_https.then(|| self.redirect_exempt.clone()),
+            hsts_max_age: self.hsts_max_age,
+        }))
+    }
+
+    pub fn limits(&self) -> Result<handoff_proxy::limits::Limits, String> {
+        if self.max_header_size < 8192 {
+            return Err("--max-header-size must be at least 8KiB".into());
+        }
+        if self.max_connections == 0 {
+            return Err("--max-connections must be at least 1".into());
+        }
+        Ok(handoff_proxy::limits::Limits {
+            max_body: self.max_body,
+            max_header_size: usize::try_from(self.max_header_size).map_err(|_| "--max-header-size is too large")?,
+            max_connections: self.max_connections,
+            handshake_timeout: self.tls_handshake_timeout,
+            idle_timeout: self.idle_timeout,
+        })
+    }
 }

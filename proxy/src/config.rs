@@ -10,6 +10,8 @@ use std::time::Duration;
 pub struct Config {
     /// Plain HTTP listener.
     pub http: SocketAddr,
+    /// Admin listener for `/metrics` and `/healthz`; none disables it.
+    pub admin: Option<SocketAddr>,
     /// Control socket path.
     pub control: PathBuf,
     /// Group allowed on the control socket (mode 0660) besides root and our uid.
@@ -25,4 +27,20 @@ pub struct Config {
     pub upstream: UpstreamSettings,
     /// A client must send a full request head within this time (slowloris).
     pub header_read_timeout: Duration,
+    /// TLS listener and its certificates; none serves plain HTTP only.
+    pub tls: Option<TlsListener>,
+    /// Sizes, counts and timeouts that bound what a client can hold.
+    pub limits: crate::limits::Limits,
+}
+
+/// `--https` with its certificates and what the plain listener does about it.
+#[derive(Debug, Clone)]
+pub struct TlsListener {
+    pub addr: SocketAddr,
+    pub certs: crate::tls::TlsSettings,
+    /// Answer plain-HTTP requests with 308 to https, except under these
+    /// path prefixes; none forwards plain HTTP as usual.
+    pub redirect_exempt: Option<Vec<String>>,
+    /// `Strict-Transport-Security: max-age` for https responses.
+    pub hsts_max_age: Option<Duration>,
 }

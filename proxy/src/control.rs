@@ -44,6 +44,9 @@ pub struct Control {
     /// Serialises switches: two deploys cannot interleave check, persist and swap.
     pub switch_lock: tokio::sync::Mutex<()>,
     pub access: Access,
+    /// Certificates to reload on `POST /v1/tls/reload`; none without TLS.
+    pub tls: Option<Arc<crate::tls::CertResolver>>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Who may use the socket beyond what its file mode already enforces.
@@ -159,9 +162,30 @@ impl Control {
                 Ok(body) => self.set_backend(body, uid).await,
                 Err(resp) => resp,
             },
+            ("/v1/tls/reload", &Method::POST) => self.reload_tls(uid).await,
             ("/v1/status", _) => method_not_allowed("GET"),
+            ("/v1/tls/reload", _) => method_not_allowed("POST"),
             ("/v1/backend", _) => method_not_allowed("PUT"),
             _ => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
+        }
+    }
+
+    /// Reads the certificate files again. A bad set is refused with 422 and
+    /// the error; the certificates in use stay as they were.
+    async fn reload_tls(&self, uid: u32) -> Response<ProxyBody> {
+        let Some(resolver) = self.tls.clone() else {
+            return error(StatusCode::CONFLICT, "TLS is not enabled (no --tls-cert/--tls-key)");
+        };
+        match tokio::task::spawn_blocking(move || resolver.reload()).await {
+            Ok(Ok(loaded)) => {
+                tracing::info!(uid, certificates = loaded.certificates, names = ?loaded.names, "TLS certificates reloaded");
+                json(StatusCode::OK, &loaded)
+            }
+            Ok(Err(e)) => {
+                tracing::error!(uid, error = %e, "TLS reload failed; keeping the previous certificates");
+                error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
+            }
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         }
     }
 
@@ -205,7 +229,9 @@ impl Control {
         };
         tracing::info!(uid, backend = %new.addr, generation = new.id,
             previous = previous.as_ref().map(|p| p.addr.to_string()), "switched");
+        self.metrics.switched();
         let outcome = crate::drain::wait_all(&self.router.retired(), drain_timeout).await;
+        self.metrics.drain_done(outcome.drained, outcome.waited);
         tracing::info!(
             generation = new.id,
             drained = outcome.drained,

@@ -3,9 +3,11 @@
 use crate::body::ProxyBody;
 use crate::drain::InFlight;
 use crate::headers;
+use crate::metrics::{Metrics, UpstreamError};
+use crate::observe::Exchange;
 use crate::router::Router;
 use http::{header, uri, HeaderValue, Request, Response, StatusCode, Uri, Version};
-use hyper::body::Incoming;
+use crate::limits::RequestBody;
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,6 +18,7 @@ pub struct Forwarder {
     pub router: Arc<Router>,
     /// How long a backend may take to send response headers.
     pub upstream_timeout: Duration,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Forwarder {
@@ -23,13 +26,28 @@ impl Forwarder {
     /// response the client can read, and the connection stays usable.
     pub async fn handle(
         &self,
-        mut req: Request<Incoming>,
+        req: Request<RequestBody>,
         client: SocketAddr,
         proto: &'static str,
+    ) -> Response<ProxyBody> {
+        let mut exchange = Exchange::start(&self.metrics, req.method(), req.uri().path());
+        let resp = self.forward(req, client, proto, &mut exchange).await;
+        exchange.status = resp.status().as_u16();
+        resp.map(|body| body.finish_with(exchange))
+    }
+
+    async fn forward(
+        &self,
+        mut req: Request<RequestBody>,
+        client: SocketAddr,
+        proto: &'static str,
+        exchange: &mut Exchange,
     ) -> Response<ProxyBody> {
         let Some(in_flight) = self.router.acquire() else {
             return local(StatusCode::SERVICE_UNAVAILABLE, "no backend configured\n");
         };
+        let generation = in_flight.generation();
+        exchange.backend = Some((generation.addr.clone(), generation.id));
         let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
         if let Err(status) = prepare(&mut req, &in_flight, client, proto, upgrade) {
             return local(status, "bad request\n");
@@ -38,8 +56,16 @@ impl Forwarder {
 
         let sent = in_flight.generation().client.request(req);
         let mut resp = match tokio::time::timeout(self.upstream_timeout, sent).await {
-            Err(_) => return local(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n"),
+            Err(_) => {
+                self.metrics.upstream_error(UpstreamError::Timeout);
+                return local(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n");
+            }
+            Ok(Err(e)) if crate::limits::is_too_large(&e) => {
+                return local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
+            }
             Ok(Err(e)) => {
+                let kind = if e.is_connect() { UpstreamError::Connect } else { UpstreamError::Reset };
+                self.metrics.upstream_error(kind);
                 tracing::warn!(backend = %in_flight.generation().addr, error = %error_chain(&e), "upstream failed");
                 return local(StatusCode::BAD_GATEWAY, "upstream unavailable\n");
             }
@@ -64,7 +90,7 @@ impl Forwarder {
 /// Rewrites the request for the backend: origin on the generation's address,
 /// HTTP/1.1, hop-by-hop headers out, forwarding headers in, `Host` kept.
 fn prepare(
-    req: &mut Request<Incoming>,
+    req: &mut Request<RequestBody>,
     in_flight: &InFlight,
     client: SocketAddr,
     proto: &'static str,

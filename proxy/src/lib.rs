@@ -7,21 +7,26 @@
 //! remembers. The binary (`main.rs`) turns flags into a [`config::Config`].
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod body;
 pub mod config;
 pub mod control;
 pub mod drain;
 pub mod forward;
 pub mod headers;
+pub mod limits;
 pub mod listener;
+pub mod metrics;
+pub mod observe;
 pub mod router;
 pub mod state;
 pub mod switch;
+pub mod tls;
 pub mod upstream;
+pub mod wire;
 
 use config::Config;
 use handoff_shared::Listeners;
-use hyper_util::server::graceful::GracefulShutdown;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,6 +45,8 @@ pub enum ProxyError {
     },
     #[error(transparent)]
     Control(#[from] control::ControlSocketError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
 }
 
 /// Runs the proxy until `shutdown` resolves, then stops accepting, lets
@@ -63,11 +70,28 @@ pub async fn run(
         addr: config.http,
         source,
     })?;
+    let tls = match &config.tls {
+        Some(settings) => Some(listener::bind_tls(settings).await?),
+        None => None,
+    };
     let control_listener = control::bind(&config.control, config.control_group)?;
+    let admin_listener = match config.admin {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ProxyError::Bind { addr, source })?,
+        ),
+        None => None,
+    };
     let listeners = Listeners {
         http: Some(http_addr.to_string()),
-        https: None,
+        https: tls.as_ref().map(|t| t.addr.to_string()),
+        admin: admin_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| a.to_string()),
     };
+    let metrics = Arc::new(metrics::Metrics::new());
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let control = Arc::new(control::Control {
@@ -76,6 +100,8 @@ pub async fn run(
         default_drain_timeout: config.drain_timeout,
         listeners: listeners.clone(),
         switch_lock: tokio::sync::Mutex::new(()),
+        tls: tls.as_ref().map(|t| Arc::clone(&t.resolver)),
+        metrics: Arc::clone(&metrics),
         access: control::Access {
             own_uid: control::own_uid(),
             group: config.control_group,
@@ -83,19 +109,17 @@ pub async fn run(
     });
     let control_task = tokio::spawn(control.serve(control_listener, stop_rx.clone()));
 
+    if let Some(listener) = admin_listener {
+        let admin = Arc::new(admin::Admin { metrics: Arc::clone(&metrics), router: Arc::clone(&router) });
+        tokio::spawn(admin.serve(listener, stop_rx.clone()));
+    }
     let forwarder = Arc::new(forward::Forwarder {
         router: Arc::clone(&router),
         upstream_timeout: config.upstream_timeout,
+        metrics: Arc::clone(&metrics),
     });
-    let builder = Arc::new(listener::connection_builder(config.header_read_timeout));
-    let graceful = Arc::new(GracefulShutdown::new());
-    let http_task = tokio::spawn(listener::serve_plain(
-        http,
-        forwarder,
-        builder,
-        Arc::clone(&graceful),
-        stop_rx.clone(),
-    ));
+    let (graceful, accept_tasks) =
+        listener::start(http, tls, forwarder, &config, stop_rx.clone());
 
     on_ready(&listeners);
     tracing::info!(http = %http_addr, control = %config.control.display(), "handoff-proxy ready");
@@ -103,7 +127,9 @@ pub async fn run(
     shutdown.await;
     tracing::info!("shutting down: no new connections, waiting for in-flight requests");
     let _ = stop_tx.send(true);
-    let _ = http_task.await;
+    for task in accept_tasks {
+        let _ = task.await;
+    }
     let deadline = tokio::time::Instant::now() + config.drain_timeout;
     let graceful =
         Arc::try_unwrap(graceful).unwrap_or_else(|_| unreachable!("accept loops have ended"));

@@ -2,23 +2,25 @@
 #![forbid(unsafe_code)]
 
 mod cli;
+mod config_file;
 
 use anyhow::{Context, Result};
-use clap::Parser;
-use cli::Cli;
+use clap::{CommandFactory, FromArgMatches};
+use cli::{Cli, LogFormat};
 use handoff_proxy::config::Config;
 use handoff_proxy::upstream::UpstreamSettings;
 use std::io::Write;
 
 fn main() -> Result<()> {
-    let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&cli.log).context("invalid --log filter")?,
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let cli = parse_cli()?;
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log).context("invalid --log filter")?;
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
     if let Some(addr) = &cli.backend {
         handoff_shared::parse_backend_addr(addr)
             .map_err(anyhow::Error::msg)
@@ -30,7 +32,10 @@ fn main() -> Result<()> {
         .map(resolve_group)
         .transpose()
         .context("--control-group")?;
+    let tls = cli.tls().map_err(anyhow::Error::msg)?;
+    let limits = cli.limits().map_err(anyhow::Error::msg)?;
     let config = Config {
+        admin: cli.admin.0,
         http: cli.http,
         control: cli.control,
         control_group,
@@ -43,20 +48,28 @@ fn main() -> Result<()> {
             ..Default::default()
         },
         header_read_timeout: cli.header_timeout,
+        tls,
+        limits,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    let shutdown = {
+        let _in_runtime = runtime.enter();
+        shutdown_signal()?
+    };
     runtime.block_on(async move {
         let control_path = config.control.clone();
-        handoff_proxy::run(config, shutdown_signal(), |listeners| {
+        handoff_proxy::run(config, shutdown, |listeners| {
             // One stable line on stdout: scripts and tests wait for it.
             let mut out = std::io::stdout().lock();
             let _ = writeln!(
                 out,
-                "handoff-proxy ready http={} control={}",
+                "handoff-proxy ready http={} admin={} control={}{}",
                 listeners.http.as_deref().unwrap_or("-"),
-                control_path.display()
+                listeners.admin.as_deref().unwrap_or("-"),
+                control_path.display(),
+                listeners.https.as_deref().map(|a| format!(" https={a}")).unwrap_or_default()
             );
             let _ = out.flush();
         })
@@ -65,14 +78,35 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Flags and env first; then, with `--config`, again with the file's settings
+/// inserted where neither a flag nor an env var gave one.
+fn parse_cli() -> Result<Cli> {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cmd = Cli::command();
+    let matches = cmd.clone().try_get_matches_from(&args).unwrap_or_else(|e| e.exit());
+    let Some(path) = matches.get_one::<std::path::PathBuf>("config") else {
+        return Ok(Cli::from_arg_matches(&matches)?);
+    };
+    let from_file = config_file::args_from_file(path, &cmd, &matches)?;
+    let merged = args.iter().take(1).chain(&from_file).chain(args.iter().skip(1));
+    let matches = cmd.try_get_matches_from(merged).map_err(|e| {
+        anyhow::anyhow!("config file {}: {}", path.display(), e.to_string().trim_start_matches("error: ").trim_end())
+    })?;
+    Ok(Cli::from_arg_matches(&matches)?)
+}
+
+/// Installs the SIGTERM/SIGINT handlers now (not at first poll), so a signal
+/// that arrives while the proxy starts up is a graceful stop, not a kill.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
 }
 
 /// A group name from /etc/group, or a numeric gid.

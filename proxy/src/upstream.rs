@@ -1,11 +1,11 @@
 //! The connection pool towards one backend generation.
 
-use hyper::body::Incoming;
+use crate::limits::RequestBody;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::time::Duration;
 
-pub type UpstreamClient = Client<HttpConnector, Incoming>;
+pub type UpstreamClient = Client<HttpConnector, RequestBody>;
 
 /// Timeouts that shape how the proxy talks to backends.
 #[derive(Debug, Clone)]

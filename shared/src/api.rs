@@ -44,6 +44,8 @@ pub struct DrainingGeneration {
 pub struct Listeners {
     pub http: Option<String>,
     pub https: Option<String>,
+    #[serde(default)]
+    pub admin: Option<String>,
 }
 
 /// `GET /v1/status`.

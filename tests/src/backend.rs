@@ -125,6 +125,9 @@ async fn handle(
     stats.requests.fetch_add(1, Ordering::SeqCst);
     stats.active.fetch_add(1, Ordering::SeqCst);
     let _guard = ActiveGuard(Arc::clone(&stats));
+    if let Some(key) = req.headers().get("sec-websocket-key").cloned() {
+        return Ok(websocket(req, key, stats));
+    }
     if req.headers().contains_key(http::header::UPGRADE) {
         let on_upgrade = hyper::upgrade::on(&mut req);
         let guard = ActiveGuard(Arc::clone(&stats));
@@ -181,4 +184,36 @@ async fn handle(
 
 fn full(s: impl Into<Bytes>) -> Body {
     Full::new(s.into()).map_err(|never| match never {}).boxed()
+}
+
+/// A real WebSocket endpoint: handshake, then every text or binary message
+/// echoed back, until the client closes. Counted as active while open.
+fn websocket(mut req: Request<Incoming>, key: http::HeaderValue, stats: Arc<Stats>) -> Response<Body> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    stats.active.fetch_add(1, Ordering::SeqCst);
+    let guard = ActiveGuard(Arc::clone(&stats));
+    tokio::spawn(async move {
+        let _guard = guard;
+        let Ok(upgraded) = on_upgrade.await else { return };
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        while let Some(Ok(msg)) = ws.next().await {
+            if msg.is_close() {
+                break;
+            }
+            if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                break;
+            }
+        }
+        let _ = ws.close(None).await;
+    });
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-accept", accept)
+        .body(full(""))
+        .unwrap()
 }

@@ -11,6 +11,10 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 pub struct Proxy {
     pub http: SocketAddr,
+    /// The admin listener (`/metrics`, `/healthz`), on its own port 0.
+    pub admin: Option<SocketAddr>,
+    /// The TLS listener, when the proxy was started with certificates.
+    pub https: Option<SocketAddr>,
     pub control: PathBuf,
     pub state: PathBuf,
     /// Where the proxy's own log (stderr) goes; printed when a test fails.
@@ -51,6 +55,7 @@ impl Proxy {
         let mut child = Command::new(bin_path("handoff-proxy"))
             .arg("--http")
             .arg("127.0.0.1:0")
+            .args(if extra.contains(&"--admin") { &[][..] } else { &["--admin", "127.0.0.1:0"][..] })
             .arg("--control")
             .arg(&control)
             .arg("--state")
@@ -83,8 +88,15 @@ impl Proxy {
             .find_map(|w| w.strip_prefix("http="))
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("unexpected ready line {line:?}"));
+        let https = line.split_whitespace().find_map(|w| w.strip_prefix("https=")).and_then(|a| a.parse().ok());
+        let admin = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("admin="))
+            .and_then(|a| a.parse().ok());
         Ok(Proxy {
             http,
+            admin,
+            https,
             control,
             state,
             log,

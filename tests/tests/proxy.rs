@@ -326,10 +326,17 @@ async fn upstream_failures_are_502_503_504_and_the_proxy_survives() {
     // A backend that resets every connection: 502.
     let resetter = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let reset_addr = resetter.local_addr().unwrap().to_string();
+    // It accepts (so the switch's reachability check passes), reads the
+    // request, then resets the connection instead of answering.
     tokio::spawn(async move {
-        while let Ok((s, _)) = resetter.accept().await {
-            let _ = s.set_zero_linger();
-            drop(s);
+        while let Ok((mut s, _)) = resetter.accept().await {
+            tokio::spawn(async move {
+                use tokio::io::AsyncReadExt;
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                let _ = s.set_zero_linger();
+                drop(s);
+            });
         }
     });
     p.client()

@@ -1,0 +1,57 @@
+//! One record per request, finished when the response's last byte is sent
+//! (or the client goes away): it feeds the metrics and writes the access log.
+
+use crate::metrics::Metrics;
+use http::Method;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The access log's tracing target, so it can be filtered on its own
+/// (`RUST_LOG=info,handoff::access=off`).
+pub const ACCESS_TARGET: &str = "handoff::access";
+
+pub struct Exchange {
+    metrics: Arc<Metrics>,
+    start: Instant,
+    method: Method,
+    /// Path without the query string: queries often carry tokens.
+    path: String,
+    pub status: u16,
+    pub bytes: u64,
+    pub backend: Option<(http::uri::Authority, u64)>,
+}
+
+impl Exchange {
+    pub fn start(metrics: &Arc<Metrics>, method: &Method, path: &str) -> Self {
+        Exchange {
+            metrics: Arc::clone(metrics),
+            start: Instant::now(),
+            method: method.clone(),
+            path: path.to_owned(),
+            status: 0,
+            bytes: 0,
+            backend: None,
+        }
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        let elapsed = self.start.elapsed();
+        self.metrics.request_done(self.status, elapsed);
+        let (backend, generation) = match &self.backend {
+            Some((addr, generation)) => (addr.as_str(), *generation),
+            None => ("-", 0),
+        };
+        tracing::info!(
+            target: ACCESS_TARGET,
+            method = %self.method,
+            path = %self.path,
+            status = self.status,
+            bytes = self.bytes,
+            duration_ms = %format_args!("{:.3}", elapsed.as_secs_f64() * 1000.0),
+            backend = %backend,
+            generation,
+        );
+    }
+}

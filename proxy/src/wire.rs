@@ -1,0 +1,287 @@
+//! The client's byte stream as hyper reads it: an idle timeout, and a look at
+//! raw request heads for the framing tricks hyper's parser resolves silently.
+//!
+//! hyper, given both `Content-Length` and `Transfer-Encoding`, drops the
+//! length and closes after the request; given the same length twice, it keeps
+//! one. Both are safe, but both are request-smuggling probes that a front door
+//! should refuse with 400 before any backend sees them, and hyper hides them
+//! from the service. So this wrapper scans request heads as the bytes arrive
+//! (only heads: bodies are skipped by their length, and scanning stops at the
+//! first chunked body, upgrade or HTTP/2 preface) and flags the connection.
+//! Every request on a flagged connection is answered 400 and the connection
+//! closes, so a request pipelined behind the probe is refused too.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+/// What the scanner found, read by the request service.
+#[derive(Debug, Default)]
+pub struct ConnFlags {
+    framing_conflict: AtomicBool,
+}
+
+impl ConnFlags {
+    /// Whether a head on this connection had duplicate `Content-Length` or
+    /// both `Content-Length` and `Transfer-Encoding`.
+    pub fn framing_conflict(&self) -> bool {
+        self.framing_conflict.load(Relaxed)
+    }
+}
+
+/// An I/O stream closed after `idle` without a byte read or written.
+pub struct WireIo<I> {
+    inner: I,
+    scan: HeadScan,
+    flags: Arc<ConnFlags>,
+    idle: Duration,
+    last: Instant,
+    timer: Pin<Box<Sleep>>,
+}
+
+impl<I> WireIo<I> {
+    pub fn new(inner: I, idle: Duration) -> (Self, Arc<ConnFlags>) {
+        let flags = Arc::new(ConnFlags::default());
+        let now = Instant::now();
+        let io = WireIo {
+            inner,
+            scan: HeadScan::default(),
+            flags: Arc::clone(&flags),
+            idle,
+            last: now,
+            timer: Box::pin(tokio::time::sleep_until(now + idle)),
+        };
+        (io, flags)
+    }
+
+    /// Polled only while a read is pending. The timer is re-armed lazily
+    /// from `last`, so traffic costs one clock read per I/O call, not a
+    /// timer reset.
+    fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        while self.timer.as_mut().poll(cx).is_ready() {
+            let deadline = self.last + self.idle;
+            if Instant::now() >= deadline {
+                return Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, "client connection idle"));
+            }
+            self.timer.as_mut().reset(deadline);
+        }
+        Poll::Pending
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for WireIo<I> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let new = &buf.filled()[before..];
+                if !new.is_empty() {
+                    this.last = Instant::now();
+                    if this.scan.feed(new) {
+                        this.flags.framing_conflict.store(true, Relaxed);
+                    }
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => match this.poll_idle(cx) {
+                Poll::Ready(e) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            },
+            other => other,
+        }
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for WireIo<I> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write(cx, data);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            this.last = Instant::now();
+        }
+        r
+    }
+
+    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            this.last = Instant::now();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// Bytes of a header line kept for matching: enough for
+/// `content-length:` and a 20-digit value with some spaces.
+const LINE: usize = 48;
+
+/// A byte-at-a-time request-head scanner. It only has to agree with hyper
+/// on heads hyper accepts; anything hyper refuses closes the connection.
+#[derive(Debug)]
+pub struct HeadScan {
+    state: State,
+    line: [u8; LINE],
+    len: usize,
+    request_line_seen: bool,
+    content_lengths: u32,
+    length: Option<u64>,
+    chunked_or_te: bool,
+    upgrade: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Head,
+    Skip(u64),
+    Done,
+}
+
+impl Default for HeadScan {
+    fn default() -> Self {
+        Self {
+            state: State::Head,
+            line: [0; LINE],
+            len: 0,
+            request_line_seen: false,
+            content_lengths: 0,
+            length: None,
+            chunked_or_te: false,
+            upgrade: false,
+        }
+    }
+}
+
+impl HeadScan {
+    /// Feeds newly read bytes; returns true once a framing conflict is seen.
+    pub fn feed(&mut self, mut bytes: &[u8]) -> bool {
+        while !bytes.is_empty() {
+            match self.state {
+                State::Done => return false,
+                State::Skip(n) => {
+                    let take = n.min(bytes.len() as u64);
+                    bytes = &bytes[take as usize..];
+                    self.state = if take == n { State::Head } else { State::Skip(n - take) };
+                }
+                State::Head => {
+                    let b = bytes[0];
+                    bytes = &bytes[1..];
+                    if b == b'\n' {
+                        if self.end_line() {
+                            return true;
+                        }
+                    } else {
+                        if self.len < LINE {
+                            self.line[self.len] = b.to_ascii_lowercase();
+                        }
+                        self.len += 1;
+                    }
+                }
+            }
+        }
+        false
+    }
+
+    /// Handles one complete line; true on a framing conflict.
+    fn end_line(&mut self) -> bool {
+        let stored = self.len.min(LINE);
+        let mut line = &self.line[..stored];
+        if line.last() == Some(&b'\r') {
+            line = &line[..line.len() - 1];
+        }
+        let empty = line.is_empty() && self.len <= 1;
+        self.len = 0;
+        if !self.request_line_seen {
+            if empty {
+                return false; // blank lines before a request are tolerated
+            }
+            self.request_line_seen = true;
+            if line.starts_with(b"pri * http/2.0") {
+                self.state = State::Done;
+            }
+            return false;
+        }
+        if !empty {
+            if let Some(v) = line.strip_prefix(b"content-length:") {
+                self.content_lengths += 1;
+                self.length = std::str::from_utf8(v.trim_ascii()).ok().and_then(|s| s.parse().ok());
+            } else if line.starts_with(b"transfer-encoding:") {
+                self.chunked_or_te = true;
+            } else if line.starts_with(b"upgrade:") {
+                self.upgrade = true;
+            }
+            return false;
+        }
+        // End of the head.
+        let conflict = self.content_lengths > 1 || (self.content_lengths == 1 && self.chunked_or_te);
+        self.state = match (conflict, self.chunked_or_te || self.upgrade, self.length) {
+            (true, _, _) | (_, true, _) => State::Done,
+            (_, _, Some(0)) => State::Head,
+            (_, _, Some(n)) => State::Skip(n),
+            // An unparsable length: hyper refuses it and closes.
+            (_, _, None) if self.content_lengths > 0 => State::Done,
+            (_, _, None) => State::Head,
+        };
+        self.request_line_seen = false;
+        self.content_lengths = 0;
+        self.length = None;
+        self.chunked_or_te = false;
+        self.upgrade = false;
+        conflict
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan(chunks: &[&[u8]]) -> bool {
+        let mut s = HeadScan::default();
+        chunks.iter().any(|c| s.feed(c))
+    }
+
+    #[test]
+    fn flags_conflicts_split_anywhere() {
+        let smuggle = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        for cut in 0..smuggle.len() {
+            assert!(scan(&[&smuggle[..cut], &smuggle[cut..]]), "cut at {cut}");
+        }
+        assert!(scan(&[b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 1\r\ncontent-length: 1\r\n\r\nx"]));
+    }
+
+    #[test]
+    fn skips_bodies_and_follows_keepalive() {
+        let body_looks_like_head = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 40\r\n\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n";
+        assert!(!scan(&[body_looks_like_head]));
+        let mut s = HeadScan::default();
+        assert!(!s.feed(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n"));
+        assert!(s.feed(b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n"));
+    }
+
+    #[test]
+    fn stops_at_h2_and_chunked() {
+        let mut s = HeadScan::default();
+        assert!(!s.feed(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n"));
+        let mut s = HeadScan::default();
+        assert!(!s.feed(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"));
+    }
+}
