@@ -117,6 +117,7 @@ async fn dispatch(common: &Common, cmd: Cmd) -> Result<()> {
             let steady_args = SteadyArgs {
                 conns: vec![64, 256],
                 rounds,
+                targets: vec!["handoff".into(), "nginx".into(), "haproxy".into()],
                 open_fraction: 0.5,
             };
             run_steady(common, &steady_args).await?;

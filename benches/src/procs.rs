@@ -7,6 +7,7 @@
 use anyhow::{anyhow, bail, Context, Result};
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -47,8 +48,11 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// Starts the child in a process group of its own, so that stopping it
+    /// also stops whatever it forked (nginx's workers outlive a killed master).
     pub fn spawn(name: &str, cmd: &mut Command) -> Result<Proc> {
         let child = cmd
+            .process_group(0)
             .spawn()
             .with_context(|| format!("starting {name} ({:?})", cmd.get_program()))?;
         Ok(Proc {
@@ -137,10 +141,25 @@ impl Proc {
 }
 
 impl Drop for Proc {
+    /// SIGTERM to the whole group, up to 2 s for a clean exit, then SIGKILL
+    /// to the group: no worker process survives its harness.
     fn drop(&mut self) {
+        let group = format!("-{}", self.pid());
         if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
+            let _ = Command::new("kill")
+                .args(["-TERM", "--", &group])
+                .stderr(Stdio::null())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while Instant::now() < deadline && self.child.try_wait().ok().flatten().is_none() {
+                std::thread::sleep(Duration::from_millis(5));
+            }
         }
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &group])
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }

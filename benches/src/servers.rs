@@ -234,7 +234,11 @@ impl HandoffProxy {
         let dir = TempDir::new("handoff")?;
         let control = dir.path().join("control.sock");
         let log = std::fs::File::create(dir.path().join("proxy.log"))?;
-        let mut cmd = Command::new(bin);
+        let mut cmd = Command::new(&bin);
+        if supports_flag(&bin, "--admin") {
+            // Its default admin port may be taken; metrics are still kept.
+            cmd.args(["--admin", "off"]);
+        }
         cmd.args(["--http", "127.0.0.1:0", "--control"])
             .arg(&control)
             .arg("--state")
@@ -280,4 +284,13 @@ impl HandoffProxy {
     pub fn log_tail(&self) -> String {
         log_tail(&self.dir.path().join("proxy.log"))
     }
+}
+
+/// Whether `bin --help` lists `flag`, for flags newer than the CLI contract.
+fn supports_flag(bin: &std::path::Path, flag: &str) -> bool {
+    Command::new(bin)
+        .arg("--help")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains(flag))
+        .unwrap_or(false)
 }

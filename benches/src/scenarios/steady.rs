@@ -22,6 +22,9 @@ pub struct SteadyArgs {
     /// Interleaved rounds over all targets; the table shows the median.
     #[arg(long, default_value_t = 1)]
     pub rounds: usize,
+    /// Only these targets (direct is always measured: it is the baseline).
+    #[arg(long, value_delimiter = ',', default_value = "handoff,nginx,haproxy")]
+    pub targets: Vec<String>,
     /// Open-loop pass at this fraction of the slowest target's closed-loop
     /// throughput at the first connection count (0 skips it).
     #[arg(long, default_value_t = 0.5)]
@@ -92,7 +95,9 @@ pub async fn run(common: &Common, args: &SteadyArgs) -> Result<SteadyReport> {
         server: Server::Direct,
     }];
     let addr = backend.addr;
-    if let Err(e) = HandoffProxy::binary() {
+    let want = |name: &str| args.targets.iter().any(|t| t == name);
+    if !want("handoff") {
+    } else if let Err(e) = HandoffProxy::binary() {
         missing.push(unavailable(e.to_string())?);
     } else {
         let p = blocking(move || HandoffProxy::start(addr, "30s")).await?;
@@ -102,7 +107,8 @@ pub async fn run(common: &Common, args: &SteadyArgs) -> Result<SteadyReport> {
             server: Server::Handoff(p),
         });
     }
-    if find_tool("nginx").is_none() {
+    if !want("nginx") {
+    } else if find_tool("nginx").is_none() {
         missing.push(unavailable(missing_nginx())?);
     } else {
         let port = backend.addr.port();
@@ -113,7 +119,8 @@ pub async fn run(common: &Common, args: &SteadyArgs) -> Result<SteadyReport> {
             server: Server::Nginx(p),
         });
     }
-    if Haproxy::available() {
+    if !want("haproxy") {
+    } else if Haproxy::available() {
         let p = blocking(move || Haproxy::start(addr)).await?;
         targets.push(Target {
             name: "haproxy",
