@@ -157,6 +157,11 @@ pub async fn run(
         host_port: 0,
         init: args.init,
     };
+    // The kept container of the other slot needs its port back on rollback.
+    let reserved: Vec<u16> = slots
+        .get(target.other())
+        .map(|c| c.pinned_ports.clone())
+        .unwrap_or_default();
     let t = Instant::now();
     let mut attempt = 1;
     loop {
@@ -165,7 +170,7 @@ pub async fn run(
         // would change and leave the proxy's saved backend pointing nowhere.
         spec.host_port = match pinned {
             Some(port) => port,
-            None => free_loopback_port()?,
+            None => free_loopback_port(&reserved)?,
         };
         match engine.create_and_start(&spec).await {
             Ok(()) => break,
@@ -236,11 +241,20 @@ pub async fn run(
 
 /// A port on 127.0.0.1 that is free right now. Another process may take it
 /// before Docker binds it; the caller retries on that conflict.
-fn free_loopback_port() -> Result<u16> {
-    std::net::TcpListener::bind(("127.0.0.1", 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| Failure::Docker(format!("cannot find a free port on 127.0.0.1: {e}")))
+/// Ports in `reserved` are skipped even when free right now.
+fn free_loopback_port(reserved: &[u16]) -> Result<u16> {
+    for _ in 0..20 {
+        let port = std::net::TcpListener::bind(("127.0.0.1", 0))
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .map_err(|e| Failure::Docker(format!("cannot find a free port on 127.0.0.1: {e}")))?;
+        if !reserved.contains(&port) {
+            return Ok(port);
+        }
+    }
+    Err(Failure::Docker(
+        "cannot find a free port on 127.0.0.1".into(),
+    ))
 }
 
 fn is_port_conflict(failure: &Failure) -> bool {

@@ -129,6 +129,15 @@ impl Engine {
             Err(e) => return Err(self.err(&format!("inspect container {name}"), e)),
         };
         let state = c.state.unwrap_or_default();
+        let pinned_ports = c
+            .host_config
+            .and_then(|h| h.port_bindings)
+            .unwrap_or_default()
+            .into_values()
+            .flatten()
+            .flatten()
+            .filter_map(|b| b.host_port.and_then(|p| p.parse().ok()))
+            .collect();
         let mut ports = HashMap::new();
         for (key, bindings) in c.network_settings.and_then(|n| n.ports).unwrap_or_default() {
             let Some(port) = key.strip_suffix("/tcp").and_then(|p| p.parse::<u16>().ok()) else {
@@ -159,6 +168,7 @@ impl Engine {
             started_at: state.started_at,
             finished_at: state.finished_at,
             ports,
+            pinned_ports,
         }))
     }
 

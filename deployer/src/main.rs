@@ -37,6 +37,24 @@ fn main() {
                 _ => 1,
             };
             let _ = e.print();
+            // Scripts that asked for JSON get their last line even here.
+            let json_asked = std::env::args().any(|a| a == "--json")
+                || std::env::var("HANDOFF_JSON").is_ok_and(|v| v == "true" || v == "1");
+            if code != 0 && json_asked {
+                let rendered = e.render().to_string();
+                let first = rendered.split("\n\nUsage").next().unwrap_or_default();
+                let message = first
+                    .trim()
+                    .trim_start_matches("error: ")
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                println!(
+                    "{}",
+                    serde_json::json!({"ok": false, "exit_code": code, "error_kind": "usage",
+                                       "error": message})
+                );
+            }
             std::process::exit(code);
         }
     };

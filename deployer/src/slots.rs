@@ -66,6 +66,8 @@ pub struct ContainerInfo {
     pub finished_at: Option<String>,
     /// Container port → `127.0.0.1:HOSTPORT`, only while running.
     pub ports: HashMap<u16, String>,
+    /// Host ports the container asks for explicitly, even while stopped.
+    pub pinned_ports: Vec<u16>,
 }
 
 impl ContainerInfo {
@@ -187,6 +189,7 @@ mod tests {
             started_at: None,
             finished_at: None,
             ports,
+            pinned_ports: Vec::new(),
         }
     }
 

@@ -335,6 +335,37 @@ async fn keep_failed_keeps_the_failed_container_stopped() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_down_exits_4_and_changes_nothing() {
+    let Some(mut env) = stage("noproxy").await else {
+        return;
+    };
+    let json = env.deploy_ok(&env.images.v1, &[]).await;
+    let blue_addr: std::net::SocketAddr = json["backend"].as_str().unwrap().parse().unwrap();
+    env.proxy.kill9();
+    let out = env.handoff.deploy(&env.app.name, &env.images.v2, &[]).await;
+    assert_failed(&out, 4);
+    assert!(out.stderr.contains("proxy control"), "{out}");
+    let out = env
+        .handoff
+        .run(&["rollback", "--json", "--name", &env.app.name])
+        .await;
+    assert_failed(&out, 4);
+    assert_eq!(env.app.containers(), vec![env.app.blue()]);
+    assert_eq!(container_state(&env.app.blue()).unwrap().0, "running");
+    // The app itself, on its loopback port, still serves v1.
+    assert_eq!(request::get(blue_addr, "/").await.body, "v1");
+    // status still shows the slots, and says the proxy is the problem.
+    let out = env
+        .handoff
+        .run(&["status", "--json", "--name", &env.app.name])
+        .await;
+    assert_eq!(out.code, 4, "{out}");
+    let s = out.json();
+    assert_eq!(s["slots"][0]["running"], true, "{s}");
+    assert!(s["proxy"]["error"].is_string(), "{s}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_usage_exits_1_naming_the_problem() {
     // Needs neither Docker nor a proxy: validation comes first.
     let dir = handoff_tests::TempDir::new("usage");
