@@ -111,7 +111,10 @@ pub async fn run(
     let old = slots.live.and_then(|s| slots.get(s)).cloned();
     report.set("slot", target.as_str());
     report.set("container", name.as_str());
-    report.set("previous", old.as_ref().map(|o| serde_json::json!({"container": o.name, "image": o.image(), "backend": o.backend()})));
+    let previous = old.as_ref().map(
+        |o| serde_json::json!({"container": o.name, "image": o.image(), "backend": o.backend()}),
+    );
+    report.set("previous", previous);
     out.step(format!(
         "deploying {} as {name}; live now: {}",
         args.image,
