@@ -11,19 +11,26 @@ pub mod tls;
 use std::path::{Path, PathBuf};
 
 /// Path of a workspace binary built next to the running test executable
-/// (`target/<profile>/NAME`). The README's test command builds them first.
+/// (`target/<profile>/NAME`). The first call in a test process runs
+/// `cargo build --workspace --bins` for the same profile and target dir, so
+/// `cargo test --workspace` alone never runs stale binaries.
 pub fn bin_path(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps/<test>");
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        let exe = std::env::current_exe().expect("current_exe");
+        let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>").to_path_buf();
+        let target_dir = dir.parent().expect("target dir");
+        let mut cargo = std::process::Command::new(env!("CARGO"));
+        cargo.args(["build", "--workspace", "--bins", "--target-dir"]).arg(target_dir);
+        if dir.file_name().is_some_and(|p| p == "release") {
+            cargo.arg("--release");
+        }
+        let status = cargo.current_dir(env!("CARGO_MANIFEST_DIR")).status().expect("run cargo build");
+        assert!(status.success(), "cargo build --workspace --bins failed");
+        dir
+    });
     let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build --workspace` before the tests",
-        path.display()
-    );
+    assert!(path.exists(), "{} is missing after cargo build", path.display());
     path
 }
 
