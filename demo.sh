@@ -34,7 +34,7 @@ if ! docker_err=$(docker info 2>&1 >/dev/null); then
       Start the daemon (e.g. sudo systemctl start docker) or check that you may use it."
 fi
 
-target=${CARGO_TARGET_DIR:-$PWD/target}
+target=${CARGO_TARGET_DIR:-target} # relative to the repository root, where we are
 out="$target/demo"
 work=$(mktemp -d "${TMPDIR:-/tmp}/handoff-demo.XXXXXX")
 proxy_pid=""
