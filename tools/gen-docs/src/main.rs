@@ -1,5 +1,6 @@
 //! `cargo run -p handoff-gen-docs [-- OUT_DIR]`: writes man pages to
-//! `OUT_DIR/man` and shell completions to `OUT_DIR/completions`.
+//! `OUT_DIR/man`, shell completions to `OUT_DIR/completions` and an example
+//! proxy config to `OUT_DIR/config/handoff-proxy.toml`.
 //! OUT_DIR defaults to the build directory (`$CARGO_TARGET_DIR`, else `target/`
 //! at the workspace root), so nothing generated lands in the source tree.
 #![forbid(unsafe_code)]
@@ -34,7 +35,12 @@ fn main() -> ExitCode {
     };
     match handoff_gen_docs::generate(&out) {
         Ok(written) => {
-            for path in written.man_pages.iter().chain(&written.completions) {
+            for path in written
+                .man_pages
+                .iter()
+                .chain(&written.completions)
+                .chain(&written.config_examples)
+            {
                 println!("{}", path.display());
             }
             ExitCode::SUCCESS
