@@ -168,7 +168,7 @@ impl Cutover<'_> {
             secs(self.switch.drain_timeout)
         ));
         let t = Instant::now();
-        let outcome = match self.proxy.switch(&addr, self.switch.drain_timeout).await {
+        let outcome = match self.switch_showing_drain(&addr).await {
             Ok(outcome) => outcome,
             Err(failure) => {
                 self.out
@@ -233,6 +233,40 @@ impl Cutover<'_> {
             // not behave.
             Some(failure) => Err(failure),
             None => Ok(()),
+        }
+    }
+
+    /// The switch call returns only after the drain, which can take as long
+    /// as the slowest old request; meanwhile, show what is still in flight
+    /// so a long drain does not look like a hang.
+    async fn switch_showing_drain(&self, addr: &str) -> Result<SwitchOutcome> {
+        let switch = self.proxy.switch(addr, self.switch.drain_timeout);
+        tokio::pin!(switch);
+        let started = Instant::now();
+        let mut last_logged = Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                outcome = &mut switch => return outcome,
+                _ = tick.tick() => {
+                    if started.elapsed() < Duration::from_secs(1) {
+                        continue;
+                    }
+                    let Ok(status) = self.proxy.status().await else { continue };
+                    let in_flight: u64 = status.draining.iter().map(|d| d.in_flight).sum();
+                    let periodic = last_logged.elapsed() >= Duration::from_secs(5);
+                    if periodic {
+                        last_logged = Instant::now();
+                    }
+                    self.out.progress(
+                        format!(
+                            "draining the previous backend ({}): {in_flight} requests still in flight",
+                            secs(started.elapsed())
+                        ),
+                        periodic,
+                    );
+                }
+            }
         }
     }
 

@@ -96,6 +96,13 @@ fn short_error(e: &reqwest::Error) -> String {
     }
 }
 
+fn waiting(container: &str, started: Instant, last: &str) -> String {
+    format!(
+        "waiting for {container} to become healthy ({}): {last}",
+        secs(started.elapsed())
+    )
+}
+
 /// Polls until healthy, the deadline, or the container stops running.
 /// Returns how long it took.
 pub async fn wait_healthy(
@@ -153,21 +160,19 @@ pub async fn wait_healthy(
                     return Ok(started.elapsed());
                 }
                 Err(why) => {
+                    // In CI, a line when the reason changes and every 10 s.
                     let changed = why != last;
                     let periodic = last_logged.elapsed() >= Duration::from_secs(10);
-                    out.progress(
-                        format!(
-                            "waiting for {container} to become healthy ({}): {why}",
-                            secs(started.elapsed())
-                        ),
-                        changed || periodic,
-                    );
                     if changed || periodic {
                         last_logged = Instant::now();
                     }
                     last = why;
+                    out.progress(waiting(container, started, &last), changed || periodic);
                 }
             }
+        } else if tries > 0 {
+            // On a terminal, the elapsed time keeps moving between tries.
+            out.progress(waiting(container, started, &last), false);
         }
         if started.elapsed() >= settings.deadline {
             return Err(Failure::Unhealthy {
