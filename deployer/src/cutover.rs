@@ -296,3 +296,52 @@ impl Cutover<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summaries_for_people_and_scripts() {
+        let mut report = Report::default();
+        report.set("command", "deploy");
+        report.set("image", "shop:2");
+        report.set("container", "shop-green");
+        report.set("backend", "127.0.0.1:4001");
+        report.set(
+            "previous",
+            json!({"container": "shop-blue", "image": "shop:1"}),
+        );
+        report.set(
+            "drain",
+            json!({"drained": false, "in_flight": 2, "drain_ms": 30000}),
+        );
+        report.step("pull", Duration::from_millis(1200));
+        report.step("health", Duration::from_millis(300));
+        let text = report.success_text();
+        assert!(
+            text.starts_with("deployed shop:2: shop-green is live at 127.0.0.1:4001"),
+            "{text}"
+        );
+        assert!(
+            text.contains("previous: shop-blue (shop:1), stopped and kept for rollback"),
+            "{text}"
+        );
+        assert!(
+            text.contains("timed out after 30.0s with 2 requests in flight"),
+            "{text}"
+        );
+        assert!(text.ends_with("steps: pull 1.2s, health 0.3s"), "{text}");
+
+        let failure = Failure::Unhealthy {
+            message: "it crashed".into(),
+            exit_code: Some(3),
+        };
+        let json = report.into_json(Some(&failure));
+        assert_eq!(json["ok"], false);
+        assert_eq!(json["exit_code"], 2);
+        assert_eq!(json["error_kind"], "unhealthy");
+        assert_eq!(json["container_exit_code"], 3);
+        assert_eq!(json["steps_ms"]["pull"], 1200);
+    }
+}
