@@ -54,9 +54,9 @@ cleanup() {
     exit "$status"
 }
 remove_containers() {
-    local ids
-    ids=$(docker ps -aq --filter "label=handoff.app=$APP" 2>/dev/null || true)
-    if [ -n "$ids" ]; then docker rm -f $ids >/dev/null 2>&1 || true; fi
+    local ids=()
+    mapfile -t ids < <(docker ps -aq --filter "label=handoff.app=$APP" 2>/dev/null || true)
+    if [ ${#ids[@]} -gt 0 ]; then docker rm -f "${ids[@]}" >/dev/null 2>&1 || true; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
