@@ -22,7 +22,7 @@ pub fn draw(path: &Path, reports: &[&CutoverReport]) -> Result<()> {
         .map_err(err)?;
     let x_max = reports
         .iter()
-        .flat_map(|r| r.series.last().map(|b| (b.t_ms + 100) as f64 / 1000.0))
+        .map(|r| r.timeline.end_ms as f64 / 1000.0)
         .fold(1.0, f64::max);
     let rps_max = reports
         .iter()
@@ -39,6 +39,15 @@ pub fn draw(path: &Path, reports: &[&CutoverReport]) -> Result<()> {
         .flat_map(|r| r.series.iter().map(|b| b.p99_ms))
         .fold(1.0, f64::max)
         * 1.15;
+    // Only the time load was offered; later buckets hold stragglers only.
+    let shown = |r: &&CutoverReport| {
+        let end = r.timeline.end_ms;
+        r.series
+            .iter()
+            .filter(move |b| b.t_ms < end)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
     let areas = body.split_evenly((2, reports.len().max(1)));
     for (col, r) in reports.iter().enumerate() {
         let label = match r.scenario.as_str() {
@@ -50,6 +59,7 @@ pub fn draw(path: &Path, reports: &[&CutoverReport]) -> Result<()> {
             "{label}: {} failed, {} long cut",
             r.failed_total, r.cut_long
         );
+        let series = shown(r);
         let switch_x: Vec<f64> = r.events.iter().map(|e| e.t_ms / 1000.0).collect();
 
         let mut top = ChartBuilder::on(&areas[col])
@@ -63,11 +73,12 @@ pub fn draw(path: &Path, reports: &[&CutoverReport]) -> Result<()> {
             .x_desc("s")
             .y_desc("req/s")
             .light_line_style(WHITE)
+            .disable_x_mesh()
             .draw()
             .map_err(err)?;
         draw_switches(&mut top, &switch_x, y_top)?;
         top.draw_series(LineSeries::new(
-            r.series.iter().map(|b| (b.t_ms as f64 / 1000.0, b.rps)),
+            series.iter().map(|b| (b.t_ms as f64 / 1000.0, b.rps)),
             &BLUE,
         ))
         .map_err(err)?
@@ -84,6 +95,7 @@ pub fn draw(path: &Path, reports: &[&CutoverReport]) -> Result<()> {
         .label("failed/s")
         .legend(|(x, y)| Circle::new((x + 9, y), 3, RED.filled()));
         top.configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
             .draw()
@@ -100,6 +112,7 @@ pub fn draw(path: &Path, reports: &[&CutoverReport]) -> Result<()> {
             .x_desc("s")
             .y_desc("p99 ms")
             .light_line_style(WHITE)
+            .disable_x_mesh()
             .draw()
             .map_err(err)?;
         draw_switches(&mut bottom, &switch_x, p99_max)?;
@@ -132,7 +145,7 @@ type Chart<'a, 'b> = ChartContext<
 >;
 
 fn draw_switches(chart: &mut Chart<'_, '_>, xs: &[f64], y_max: f64) -> Result<()> {
-    let style = RGBColor(150, 150, 150).mix(0.6);
+    let style = RGBColor(255, 140, 0).mix(0.7);
     chart
         .draw_series(
             xs.iter()

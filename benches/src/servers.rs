@@ -118,6 +118,10 @@ impl Nginx {
     pub fn rss_kb(&self) -> u64 {
         self.proc.rss_kb()
     }
+
+    pub fn cpu_ms(&self) -> f64 {
+        self.proc.cpu_ms()
+    }
 }
 
 fn nginx_args(dir: &TempDir) -> Vec<String> {
@@ -211,6 +215,10 @@ impl Haproxy {
     pub fn rss_kb(&self) -> u64 {
         self.proc.rss_kb()
     }
+
+    pub fn cpu_ms(&self) -> f64 {
+        self.proc.cpu_ms()
+    }
 }
 
 /// handoff-proxy, started per its CLI contract and ready when it says so.
@@ -279,6 +287,10 @@ impl HandoffProxy {
 
     pub fn rss_kb(&self) -> u64 {
         self.proc.rss_kb()
+    }
+
+    pub fn cpu_ms(&self) -> f64 {
+        self.proc.cpu_ms()
     }
 
     pub fn log_tail(&self) -> String {

@@ -4,7 +4,7 @@
 
 use super::{blocking, unavailable, Common};
 use crate::loadgen::{self, LoadSpec, Mode, Stream};
-use crate::procs::{find_tool, Backend};
+use crate::procs::{cpu_ms_tree, find_tool, Backend};
 use crate::report::{self, ms, table, Machine};
 use crate::servers::{missing_nginx, HandoffProxy, Haproxy, Nginx};
 use crate::stats::{summarize, Summary};
@@ -42,6 +42,14 @@ pub struct Row {
     pub ratio: Option<f64>,
     /// Resident memory of the proxy (all processes) after the run, KiB.
     pub rss_kb: Option<u64>,
+    /// CPU time per successful request, µs: of the proxy (all its
+    /// processes), of the backend, and of the load generator.
+    #[serde(default)]
+    pub proxy_cpu_us: Option<f64>,
+    #[serde(default)]
+    pub backend_cpu_us: f64,
+    #[serde(default)]
+    pub loadgen_cpu_us: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -75,6 +83,15 @@ struct Target {
 }
 
 impl Target {
+    fn cpu_ms(&self) -> Option<f64> {
+        match &self.server {
+            Server::Direct => None,
+            Server::Handoff(p) => Some(p.cpu_ms()),
+            Server::Nginx(p) => Some(p.cpu_ms()),
+            Server::Haproxy(p) => Some(p.cpu_ms()),
+        }
+    }
+
     fn rss_kb(&self) -> Option<u64> {
         match &self.server {
             Server::Direct => None,
@@ -134,7 +151,16 @@ pub async fn run(common: &Common, args: &SteadyArgs) -> Result<SteadyReport> {
     let mut rows = Vec::new();
     for round in 0..args.rounds.max(1) {
         for &conns in &args.conns {
-            measure_all(common, &targets, conns, Mode::Closed, round, &mut rows).await;
+            measure_all(
+                common,
+                &backend,
+                &targets,
+                conns,
+                Mode::Closed,
+                round,
+                &mut rows,
+            )
+            .await;
         }
     }
     let first_c = args.conns.first().copied().unwrap_or(64);
@@ -151,7 +177,16 @@ pub async fn run(common: &Common, args: &SteadyArgs) -> Result<SteadyReport> {
         .fold(f64::INFINITY, f64::min);
     if args.open_fraction > 0.0 && slowest.is_finite() && slowest > 0.0 {
         let rate = (slowest * args.open_fraction).round();
-        measure_all(common, &targets, first_c, Mode::Open { rate }, 0, &mut rows).await;
+        measure_all(
+            common,
+            &backend,
+            &targets,
+            first_c,
+            Mode::Open { rate },
+            0,
+            &mut rows,
+        )
+        .await;
     }
 
     let mut wrk_rows = Vec::new();
@@ -190,6 +225,7 @@ pub async fn run(common: &Common, args: &SteadyArgs) -> Result<SteadyReport> {
 
 async fn measure_all(
     common: &Common,
+    backend: &Backend,
     targets: &[Target],
     conns: usize,
     mode: Mode,
@@ -211,8 +247,18 @@ async fn measure_all(
             timeout: Duration::from_secs(10),
         };
         loadgen::run(spec(common.warmup), Instant::now()).await;
+        let cpu_before = (
+            t.cpu_ms(),
+            backend.proc.cpu_ms(),
+            cpu_ms_tree(std::process::id()),
+        );
         let result = loadgen::run(spec(common.duration), Instant::now()).await;
         let summary = summarize(&result.samples, common.duration);
+        let per_req =
+            |after: f64, before: f64| (after - before) * 1000.0 / summary.ok.max(1) as f64;
+        let proxy_cpu_us = t.cpu_ms().zip(cpu_before.0).map(|(a, b)| per_req(a, b));
+        let backend_cpu_us = per_req(backend.proc.cpu_ms(), cpu_before.1);
+        let loadgen_cpu_us = per_req(cpu_ms_tree(std::process::id()), cpu_before.2);
         if t.name == "direct" {
             direct_rps = Some(summary.rps);
         }
@@ -236,6 +282,9 @@ async fn measure_all(
             summary,
             ratio,
             rss_kb: t.rss_kb(),
+            proxy_cpu_us,
+            backend_cpu_us,
+            loadgen_cpu_us,
         });
     }
 }
@@ -300,6 +349,14 @@ pub fn markdown(r: &SteadyReport) -> String {
             row.rss_kb
                 .map(|k| format!("{:.1}", k as f64 / 1024.0))
                 .unwrap_or_else(|| "-".into()),
+            format!(
+                "{} / {:.1} / {:.1}",
+                row.proxy_cpu_us
+                    .map(|c| format!("{c:.1}"))
+                    .unwrap_or_else(|| "-".into()),
+                row.backend_cpu_us,
+                row.loadgen_cpu_us
+            ),
         ]);
     }
     out += &table(
@@ -314,6 +371,7 @@ pub fn markdown(r: &SteadyReport) -> String {
             "p99.9 ms",
             "errors",
             "RSS MiB",
+            "CPU µs/req proxy / backend / loadgen",
         ],
         &cells,
     );
