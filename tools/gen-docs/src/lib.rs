@@ -24,19 +24,42 @@ mod deployer_cli;
 
 pub mod example_config;
 
-/// The proxy's package description, for the bare `#[command(about)]` case:
-/// clap fills that in from the *compiling* crate's metadata, which here would
-/// be ours, not the proxy's.
-const PROXY_DESCRIPTION: &str =
-    "The front door: atomic backend switch, drain, Unix-socket control API";
+/// A bare `#[command(about)]` (or `version`) is filled in by clap from the
+/// *compiling* crate's metadata, which here would be ours. So such values are
+/// swapped for the binary's own, read from its Cargo.toml at compile time.
+fn with_own_metadata(cmd: Command, manifest: &'static str) -> Command {
+    let field = |name: &str| {
+        manifest.lines().find_map(|l| {
+            let rest = l.strip_prefix(name)?.trim_start().strip_prefix('=')?.trim();
+            rest.strip_prefix('"')?.strip_suffix('"')
+        })
+    };
+    let mut cmd = cmd;
+    if cmd.get_about().map(|a| a.to_string()).as_deref() == Some(env!("CARGO_PKG_DESCRIPTION")) {
+        if let Some(description) = field("description") {
+            cmd = cmd.about(description);
+        }
+    }
+    // Versions come from the workspace, shared by every crate, unless a
+    // binary sets its own.
+    if let Some(version) = field("version") {
+        cmd = cmd.version(version);
+    }
+    cmd
+}
 
 /// The two top-level commands, exactly as their binaries build them.
 pub fn commands() -> Vec<Command> {
-    let mut proxy = proxy_cli::Cli::command();
-    if proxy.get_about().map(|a| a.to_string()).as_deref() == Some(env!("CARGO_PKG_DESCRIPTION")) {
-        proxy = proxy.about(PROXY_DESCRIPTION);
-    }
-    vec![proxy, deployer_cli::Cli::command()]
+    vec![
+        with_own_metadata(
+            proxy_cli::Cli::command(),
+            include_str!("../../../proxy/Cargo.toml"),
+        ),
+        with_own_metadata(
+            deployer_cli::Cli::command(),
+            include_str!("../../../deployer/Cargo.toml"),
+        ),
+    ]
 }
 
 /// What one run wrote, for the caller to report.
@@ -169,6 +192,20 @@ mod tests {
         cli.tls().unwrap();
         cli.limits().unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn descriptions_are_the_binaries_own() {
+        for cmd in commands() {
+            let about = cmd.get_about().map(|a| a.to_string()).unwrap_or_default();
+            assert!(!about.is_empty(), "{} has no description", cmd.get_name());
+            assert_ne!(
+                about,
+                env!("CARGO_PKG_DESCRIPTION"),
+                "{} shows gen-docs' description",
+                cmd.get_name()
+            );
+        }
     }
 
     #[test]
