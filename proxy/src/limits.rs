@@ -52,13 +52,19 @@ pub struct Rejection {
 }
 
 const fn bad(reason: &'static str) -> Rejection {
-    Rejection { status: StatusCode::BAD_REQUEST, reason }
+    Rejection {
+        status: StatusCode::BAD_REQUEST,
+        reason,
+    }
 }
 
 /// Checks a request head. Cheap: a handful of header lookups, no allocation.
 pub fn check<B>(req: &Request<B>, max_body: u64) -> Result<(), Rejection> {
     if req.method() == Method::CONNECT {
-        return Err(Rejection { status: StatusCode::METHOD_NOT_ALLOWED, reason: "CONNECT is not supported\n" });
+        return Err(Rejection {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            reason: "CONNECT is not supported\n",
+        });
     }
     let headers = req.headers();
     check_host(req)?;
@@ -112,9 +118,15 @@ pub fn valid_authority(b: &[u8]) -> bool {
         return false;
     }
     let (host, port) = if b[0] == b'[' {
-        let Some(end) = b.iter().position(|&c| c == b']') else { return false };
+        let Some(end) = b.iter().position(|&c| c == b']') else {
+            return false;
+        };
         let inner = &b[1..end];
-        if inner.is_empty() || !inner.iter().all(|c| c.is_ascii_hexdigit() || matches!(c, b':' | b'.')) {
+        if inner.is_empty()
+            || !inner
+                .iter()
+                .all(|c| c.is_ascii_hexdigit() || matches!(c, b':' | b'.'))
+        {
             return false;
         }
         match &b[end + 1..] {
@@ -128,8 +140,13 @@ pub fn valid_authority(b: &[u8]) -> bool {
             None => (b, None),
         }
     };
-    let host_ok = b[0] == b'[' || (!host.is_empty() && host.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'_')));
-    let port_ok = port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.iter().all(u8::is_ascii_digit));
+    let host_ok = b[0] == b'['
+        || (!host.is_empty()
+            && host
+                .iter()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'_')));
+    let port_ok =
+        port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.iter().all(u8::is_ascii_digit));
     host_ok && port_ok
 }
 
@@ -153,14 +170,19 @@ fn check_framing(headers: &HeaderMap, max_body: u64) -> Result<(), Rejection> {
 }
 
 pub const fn too_large() -> Rejection {
-    Rejection { status: StatusCode::PAYLOAD_TOO_LARGE, reason: "request body too large\n" }
+    Rejection {
+        status: StatusCode::PAYLOAD_TOO_LARGE,
+        reason: "request body too large\n",
+    }
 }
 
 fn parse_u64(b: &[u8]) -> Option<u64> {
     if b.is_empty() || b.len() > 19 {
         return None;
     }
-    b.iter().try_fold(0u64, |n, &c| c.is_ascii_digit().then(|| n * 10 + u64::from(c - b'0')))
+    b.iter().try_fold(0u64, |n, &c| {
+        c.is_ascii_digit().then(|| n * 10 + u64::from(c - b'0'))
+    })
 }
 
 /// Whether the body is framed by chunks, so its first chunk is worth reading
@@ -190,7 +212,13 @@ pub struct RequestBody {
 
 impl RequestBody {
     pub fn new(inner: Incoming, max: u64) -> Self {
-        Self { inner, seen: 0, max, peeked: None, done: false }
+        Self {
+            inner,
+            seen: 0,
+            max,
+            peeked: None,
+            done: false,
+        }
     }
 
     /// Reads the first frame now and keeps it for the upstream request.
@@ -224,7 +252,10 @@ impl Body for RequestBody {
     type Data = Bytes;
     type Error = BodyError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
         if let Some(frame) = this.peeked.take() {
             return Poll::Ready(Some(Ok(frame)));
@@ -259,7 +290,10 @@ impl Body for RequestBody {
 pub fn is_too_large(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur = Some(e);
     while let Some(err) = cur {
-        if matches!(err.downcast_ref::<BodyError>(), Some(BodyError::TooLarge(_))) {
+        if matches!(
+            err.downcast_ref::<BodyError>(),
+            Some(BodyError::TooLarge(_))
+        ) {
             return true;
         }
         cur = err.source();
@@ -272,15 +306,22 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("invalid size {text:?}: expected a number with an optional unit"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid size {text:?}: expected a number with an optional unit"))?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,
         "m" | "mb" | "mib" => 1 << 20,
         "g" | "gb" | "gib" => 1 << 30,
-        other => return Err(format!("invalid size {text:?}: unknown unit {other:?} (use KiB, MiB or GiB)")),
+        other => {
+            return Err(format!(
+                "invalid size {text:?}: unknown unit {other:?} (use KiB, MiB or GiB)"
+            ))
+        }
     };
-    n.checked_mul(mult).ok_or_else(|| format!("invalid size {text:?}: too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("invalid size {text:?}: too large"))
 }
 
 #[cfg(test)]
@@ -289,10 +330,29 @@ mod tests {
 
     #[test]
     fn authorities() {
-        for ok in ["example.com", "example.com:8080", "127.0.0.1", "[::1]:443", "[::1]", "a_b.local"] {
+        for ok in [
+            "example.com",
+            "example.com:8080",
+            "127.0.0.1",
+            "[::1]:443",
+            "[::1]",
+            "a_b.local",
+        ] {
             assert!(valid_authority(ok.as_bytes()), "{ok}");
         }
-        for no in ["", "a b", "user@host", "host/path", "host:", "host:x", "[::1", "[zz]", ":80", "h\0", "h:123456"] {
+        for no in [
+            "",
+            "a b",
+            "user@host",
+            "host/path",
+            "host:",
+            "host:x",
+            "[::1",
+            "[zz]",
+            ":80",
+            "h\0",
+            "h:123456",
+        ] {
             assert!(!valid_authority(no.as_bytes()), "{no:?}");
         }
     }
@@ -314,16 +374,33 @@ mod tests {
     fn heads() {
         assert!(check(&req(|b| b.uri("/").header("host", "a.test")), 10).is_ok());
         let no_host = req(|b| b.uri("/"));
-        assert_eq!(check(&no_host, 10).unwrap_err().reason, "missing Host header\n");
+        assert_eq!(
+            check(&no_host, 10).unwrap_err().reason,
+            "missing Host header\n"
+        );
         let two = req(|b| b.uri("/").header("host", "a").header("host", "b"));
-        assert_eq!(check(&two, 10).unwrap_err().reason, "multiple Host headers\n");
+        assert_eq!(
+            check(&two, 10).unwrap_err().reason,
+            "multiple Host headers\n"
+        );
         let abs = req(|b| b.uri("http://evil.test/").header("host", "a.test"));
         assert_eq!(check(&abs, 10).unwrap_err().status, StatusCode::BAD_REQUEST);
         let abs_same = req(|b| b.uri("http://A.test/x").header("host", "a.test"));
         assert!(check(&abs_same, 10).is_ok());
-        let big = req(|b| b.uri("/").header("host", "a").header("content-length", "11"));
-        assert_eq!(check(&big, 10).unwrap_err().status, StatusCode::PAYLOAD_TOO_LARGE);
-        let gzip = req(|b| b.uri("/").header("host", "a").header("transfer-encoding", "gzip, chunked"));
+        let big = req(|b| {
+            b.uri("/")
+                .header("host", "a")
+                .header("content-length", "11")
+        });
+        assert_eq!(
+            check(&big, 10).unwrap_err().status,
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+        let gzip = req(|b| {
+            b.uri("/")
+                .header("host", "a")
+                .header("transfer-encoding", "gzip, chunked")
+        });
         assert!(check(&gzip, 10).is_err());
     }
 }

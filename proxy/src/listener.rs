@@ -25,7 +25,10 @@ use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 /// Per-connection protocol settings shared by every listener.
-pub fn connection_builder(header_read_timeout: Duration, limits: &Limits) -> auto::Builder<TokioExecutor> {
+pub fn connection_builder(
+    header_read_timeout: Duration,
+    limits: &Limits,
+) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -85,11 +88,20 @@ pub struct Front {
 }
 
 impl Front {
-    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr, scheme: Scheme, flags: &ConnFlags) -> Response<ProxyBody> {
+    async fn handle(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        scheme: Scheme,
+        flags: &ConnFlags,
+    ) -> Response<ProxyBody> {
         let h1 = req.version() <= Version::HTTP_11;
         if h1 && flags.framing_conflict() {
             return reject(
-                Rejection { status: StatusCode::BAD_REQUEST, reason: "conflicting or duplicate Content-Length/Transfer-Encoding\n" },
+                Rejection {
+                    status: StatusCode::BAD_REQUEST,
+                    reason: "conflicting or duplicate Content-Length/Transfer-Encoding\n",
+                },
                 h1,
             );
         }
@@ -110,14 +122,30 @@ impl Front {
                 Ok(Ok(())) => {}
                 Ok(Err(BodyError::TooLarge(_))) => return reject(limits::too_large(), h1),
                 Ok(Err(BodyError::Client(_))) => {
-                    return reject(Rejection { status: StatusCode::BAD_REQUEST, reason: "malformed chunked body\n" }, h1)
+                    return reject(
+                        Rejection {
+                            status: StatusCode::BAD_REQUEST,
+                            reason: "malformed chunked body\n",
+                        },
+                        h1,
+                    )
                 }
-                Err(_) => return reject(Rejection { status: StatusCode::REQUEST_TIMEOUT, reason: "request body too slow\n" }, h1),
+                Err(_) => {
+                    return reject(
+                        Rejection {
+                            status: StatusCode::REQUEST_TIMEOUT,
+                            reason: "request body too slow\n",
+                        },
+                        h1,
+                    )
+                }
             }
         }
         let mut resp = self.forwarder.handle(req, peer, scheme.as_str()).await;
         if let (Scheme::Https, Some(hsts)) = (scheme, &self.hsts) {
-            resp.headers_mut().entry(header::STRICT_TRANSPORT_SECURITY).or_insert_with(|| hsts.clone());
+            resp.headers_mut()
+                .entry(header::STRICT_TRANSPORT_SECURITY)
+                .or_insert_with(|| hsts.clone());
         }
         resp
     }
@@ -126,10 +154,15 @@ impl Front {
 /// A refusal; over HTTP/1 the connection is closed after it, since the
 /// request's framing (and so where the next request starts) is not trusted.
 fn reject(r: Rejection, h1: bool) -> Response<ProxyBody> {
-    tracing::debug!(status = r.status.as_u16(), reason = r.reason.trim_end(), "request refused");
+    tracing::debug!(
+        status = r.status.as_u16(),
+        reason = r.reason.trim_end(),
+        "request refused"
+    );
     let mut resp = local(r.status, r.reason);
     if h1 {
-        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     resp
 }
@@ -147,7 +180,11 @@ fn redirect_response<B>(req: &Request<B>, https_port: u16) -> Response<ProxyBody
         _ => authority,
     };
     let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-    let location = if https_port == 443 { format!("https://{host}{target}") } else { format!("https://{host}:{https_port}{target}") };
+    let location = if https_port == 443 {
+        format!("https://{host}{target}")
+    } else {
+        format!("https://{host}:{https_port}{target}")
+    };
     let mut resp = local(StatusCode::PERMANENT_REDIRECT, "redirecting to https\n");
     match HeaderValue::from_str(&location) {
         Ok(v) => {
@@ -178,7 +215,11 @@ pub async fn serve(
     graceful: Arc<GracefulShutdown>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let scheme = if tls.is_some() { Scheme::Https } else { Scheme::Http };
+    let scheme = if tls.is_some() {
+        Scheme::Https
+    } else {
+        Scheme::Http
+    };
     loop {
         let permit = tokio::select! {
             p = Arc::clone(&accept.permits).acquire_owned() => p.expect("connection semaphore is never closed"),
@@ -203,11 +244,15 @@ pub async fn serve(
             let _permit = permit;
             match tls {
                 None => serve_connection(stream, peer, scheme, front, &accept, watcher).await,
-                Some(tls) => match tokio::time::timeout(accept.handshake_timeout, tls.accept(stream)).await {
-                    Ok(Ok(stream)) => serve_connection(stream, peer, scheme, front, &accept, watcher).await,
-                    Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                },
+                Some(tls) => {
+                    match tokio::time::timeout(accept.handshake_timeout, tls.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            serve_connection(stream, peer, scheme, front, &accept, watcher).await
+                        }
+                        Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
             }
         });
     }
@@ -228,7 +273,10 @@ async fn serve_connection<I>(
         let (front, flags) = (Arc::clone(&front), Arc::clone(&flags));
         async move { Ok::<_, std::convert::Infallible>(front.handle(req, peer, scheme, &flags).await) }
     });
-    let conn = accept.builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();
+    let conn = accept
+        .builder
+        .serve_connection_with_upgrades(TokioIo::new(io), service)
+        .into_owned();
     if let Err(e) = watcher.watch(conn).await {
         tracing::debug!(error = %e, %peer, "client connection ended");
     }
@@ -244,8 +292,13 @@ pub struct TlsBound {
 
 /// Loads the certificates (a bad one fails startup, naming the file), binds
 /// `--https` and reloads the certificates on SIGHUP from then on.
-pub async fn bind_tls(settings: &crate::config::TlsListener) -> Result<TlsBound, crate::ProxyError> {
-    let bind_err = |source| crate::ProxyError::Bind { addr: settings.addr, source };
+pub async fn bind_tls(
+    settings: &crate::config::TlsListener,
+) -> Result<TlsBound, crate::ProxyError> {
+    let bind_err = |source| crate::ProxyError::Bind {
+        addr: settings.addr,
+        source,
+    };
     let resolver = Arc::new(crate::tls::CertResolver::new(settings.certs.clone())?);
     let acceptor = TlsAcceptor::from(crate::tls::server_config(Arc::clone(&resolver))?);
     let listener = TcpListener::bind(settings.addr).await.map_err(bind_err)?;
@@ -253,7 +306,12 @@ pub async fn bind_tls(settings: &crate::config::TlsListener) -> Result<TlsBound,
     crate::tls::reload_on_sighup(Arc::clone(&resolver)).map_err(bind_err)?;
     let loaded = resolver.loaded();
     tracing::info!(certificates = loaded.certificates, names = ?loaded.names, "TLS certificates loaded");
-    Ok(TlsBound { listener, addr, resolver, acceptor })
+    Ok(TlsBound {
+        listener,
+        addr,
+        resolver,
+        acceptor,
+    })
 }
 
 /// Starts the accept loops: plain HTTP (forwarding, or redirecting to https)
@@ -276,20 +334,43 @@ pub fn start(
     let graceful = Arc::new(GracefulShutdown::new());
     let settings = config.tls.as_ref();
     let front = |redirect, hsts| {
-        Arc::new(Front { forwarder: Arc::clone(&forwarder), limits: limits.clone(), header_timeout: config.header_read_timeout, redirect, hsts })
+        Arc::new(Front {
+            forwarder: Arc::clone(&forwarder),
+            limits: limits.clone(),
+            header_timeout: config.header_read_timeout,
+            redirect,
+            hsts,
+        })
     };
     let redirect = match (&tls, settings.and_then(|s| s.redirect_exempt.clone())) {
-        (Some(t), Some(exempt)) => Some(Redirect { https_port: t.addr.port(), exempt }),
+        (Some(t), Some(exempt)) => Some(Redirect {
+            https_port: t.addr.port(),
+            exempt,
+        }),
         _ => None,
     };
     let plain = front(redirect, None);
-    let mut tasks = vec![tokio::spawn(serve(http, plain, None, Arc::clone(&accept), Arc::clone(&graceful), stop.clone()))];
+    let mut tasks = vec![tokio::spawn(serve(
+        http,
+        plain,
+        None,
+        Arc::clone(&accept),
+        Arc::clone(&graceful),
+        stop.clone(),
+    ))];
     if let Some(t) = tls {
         let hsts = settings
             .and_then(|s| s.hsts_max_age)
             .and_then(|age| HeaderValue::from_str(&format!("max-age={}", age.as_secs())).ok());
         let secure = front(None, hsts);
-        tasks.push(tokio::spawn(serve(t.listener, secure, Some(t.acceptor), accept, Arc::clone(&graceful), stop)));
+        tasks.push(tokio::spawn(serve(
+            t.listener,
+            secure,
+            Some(t.acceptor),
+            accept,
+            Arc::clone(&graceful),
+            stop,
+        )));
     }
     (graceful, tasks)
 }

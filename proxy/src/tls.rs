@@ -38,19 +38,35 @@ pub struct TlsSettings {
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("cannot read certificate {path}: {source}")]
-    Cert { path: PathBuf, source: rustls_pki_types::pem::Error },
+    Cert {
+        path: PathBuf,
+        source: rustls_pki_types::pem::Error,
+    },
     #[error("{path} holds no PEM certificate")]
     NoCert { path: PathBuf },
     #[error("cannot read private key {path}: {source}")]
-    Key { path: PathBuf, source: rustls_pki_types::pem::Error },
+    Key {
+        path: PathBuf,
+        source: rustls_pki_types::pem::Error,
+    },
     #[error("private key {path} is not usable: {source}")]
-    BadKey { path: PathBuf, source: rustls::Error },
+    BadKey {
+        path: PathBuf,
+        source: rustls::Error,
+    },
     #[error("private key {key} does not belong to certificate {cert}: {source}")]
-    Mismatch { cert: PathBuf, key: PathBuf, source: rustls::Error },
+    Mismatch {
+        cert: PathBuf,
+        key: PathBuf,
+        source: rustls::Error,
+    },
     #[error("certificate {path} cannot be parsed: {why}")]
     Parse { path: PathBuf, why: String },
     #[error("cannot list certificate directory {path}: {source}")]
-    Dir { path: PathBuf, source: std::io::Error },
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("certificate {cert} has no key file {key} beside it")]
     MissingKey { cert: PathBuf, key: PathBuf },
     #[error("no certificate configured (give --tls-cert/--tls-key or a non-empty --tls-dir)")]
@@ -104,20 +120,32 @@ impl CertSet {
             }
         }
         let default = default.ok_or(TlsError::Empty)?;
-        Ok(CertSet { exact, wildcard, default, loaded: Loaded { certificates: pairs.len(), names } })
+        Ok(CertSet {
+            exact,
+            wildcard,
+            default,
+            loaded: Loaded {
+                certificates: pairs.len(),
+                names,
+            },
+        })
     }
 
     /// Exact name, then a one-label wildcard, then the default certificate:
     /// a client asking for an unknown name still completes the handshake
     /// (like nginx's default server) and its own name check decides.
     fn pick(&self, sni: Option<&str>) -> Arc<CertifiedKey> {
-        let Some(sni) = sni else { return Arc::clone(&self.default) };
+        let Some(sni) = sni else {
+            return Arc::clone(&self.default);
+        };
         // rustls hands SNI over already lowercased and validated.
         if let Some(k) = self.exact.get(sni) {
             return Arc::clone(k);
         }
         let parent = sni.split_once('.').map(|(_, p)| p);
-        parent.and_then(|p| self.wildcard.get(p)).map_or_else(|| Arc::clone(&self.default), Arc::clone)
+        parent
+            .and_then(|p| self.wildcard.get(p))
+            .map_or_else(|| Arc::clone(&self.default), Arc::clone)
     }
 }
 
@@ -132,7 +160,10 @@ impl CertResolver {
     /// Loads every certificate now, so a bad one stops startup with its name.
     pub fn new(settings: TlsSettings) -> Result<CertResolver, TlsError> {
         let set = CertSet::load(&settings)?;
-        Ok(CertResolver { settings, current: ArcSwap::from_pointee(set) })
+        Ok(CertResolver {
+            settings,
+            current: ArcSwap::from_pointee(set),
+        })
     }
 
     /// Reads the files again and swaps the set in. Blocking file I/O: run it
@@ -169,28 +200,53 @@ pub fn server_config(resolver: Arc<CertResolver>) -> Result<Arc<ServerConfig>, T
 
 /// Loads one pair and returns it with the DNS names its leaf certificate is for.
 fn load_pair(pair: &CertPair) -> Result<(CertifiedKey, Vec<String>), TlsError> {
-    let cert_err = |source| TlsError::Cert { path: pair.cert.clone(), source };
-    let chain: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_file_iter(&pair.cert).map_err(cert_err)?.collect::<Result<_, _>>().map_err(cert_err)?;
-    let leaf = chain.first().ok_or_else(|| TlsError::NoCert { path: pair.cert.clone() })?;
+    let cert_err = |source| TlsError::Cert {
+        path: pair.cert.clone(),
+        source,
+    };
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&pair.cert)
+        .map_err(cert_err)?
+        .collect::<Result<_, _>>()
+        .map_err(cert_err)?;
+    let leaf = chain.first().ok_or_else(|| TlsError::NoCert {
+        path: pair.cert.clone(),
+    })?;
     // PKCS#8, PKCS#1 (RSA) and SEC1 (EC) are all recognised by their PEM label.
-    let key_der = PrivateKeyDer::from_pem_file(&pair.key).map_err(|source| TlsError::Key { path: pair.key.clone(), source })?;
-    let signer = rustls::crypto::ring::sign::any_supported_type(&key_der)
-        .map_err(|source| TlsError::BadKey { path: pair.key.clone(), source })?;
+    let key_der = PrivateKeyDer::from_pem_file(&pair.key).map_err(|source| TlsError::Key {
+        path: pair.key.clone(),
+        source,
+    })?;
+    let signer = rustls::crypto::ring::sign::any_supported_type(&key_der).map_err(|source| {
+        TlsError::BadKey {
+            path: pair.key.clone(),
+            source,
+        }
+    })?;
     let names = {
-        let parsed = webpki::EndEntityCert::try_from(leaf)
-            .map_err(|e| TlsError::Parse { path: pair.cert.clone(), why: format!("{e:?}") })?;
+        let parsed = webpki::EndEntityCert::try_from(leaf).map_err(|e| TlsError::Parse {
+            path: pair.cert.clone(),
+            why: format!("{e:?}"),
+        })?;
         parsed.valid_dns_names().map(str::to_owned).collect()
     };
     let certified = CertifiedKey::new(chain, signer);
-    certified.keys_match().map_err(|source| TlsError::Mismatch { cert: pair.cert.clone(), key: pair.key.clone(), source })?;
+    certified
+        .keys_match()
+        .map_err(|source| TlsError::Mismatch {
+            cert: pair.cert.clone(),
+            key: pair.key.clone(),
+            source,
+        })?;
     Ok((certified, names))
 }
 
 /// `NAME.crt` + `NAME.key` pairs in `dir`, sorted by name so the default
 /// certificate does not depend on directory order.
 fn dir_pairs(dir: &Path) -> Result<Vec<CertPair>, TlsError> {
-    let io = |source| TlsError::Dir { path: dir.to_path_buf(), source };
+    let io = |source| TlsError::Dir {
+        path: dir.to_path_buf(),
+        source,
+    };
     let mut certs: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(io)?
         .map(|e| e.map(|e| e.path()))
@@ -215,14 +271,20 @@ fn dir_pairs(dir: &Path) -> Result<Vec<CertPair>, TlsError> {
 
 /// Reloads on every SIGHUP until the process ends; failures are logged and
 /// the previous certificates stay in use.
-pub fn reload_on_sighup(resolver: Arc<CertResolver>) -> std::io::Result<tokio::task::JoinHandle<()>> {
+pub fn reload_on_sighup(
+    resolver: Arc<CertResolver>,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     Ok(tokio::spawn(async move {
         while hup.recv().await.is_some() {
             let r = Arc::clone(&resolver);
             match tokio::task::spawn_blocking(move || r.reload()).await {
-                Ok(Ok(loaded)) => tracing::info!(certificates = loaded.certificates, names = ?loaded.names, "TLS certificates reloaded (SIGHUP)"),
-                Ok(Err(e)) => tracing::error!(error = %e, "TLS reload failed; keeping the previous certificates"),
+                Ok(Ok(loaded)) => {
+                    tracing::info!(certificates = loaded.certificates, names = ?loaded.names, "TLS certificates reloaded (SIGHUP)")
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "TLS reload failed; keeping the previous certificates")
+                }
                 Err(e) => tracing::error!(error = %e, "TLS reload task failed"),
             }
         }

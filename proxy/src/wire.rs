@@ -67,7 +67,10 @@ impl<I> WireIo<I> {
         while self.timer.as_mut().poll(cx).is_ready() {
             let deadline = self.last + self.idle;
             if Instant::now() >= deadline {
-                return Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, "client connection idle"));
+                return Poll::Ready(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "client connection idle",
+                ));
             }
             self.timer.as_mut().reset(deadline);
         }
@@ -76,7 +79,11 @@ impl<I> WireIo<I> {
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for WireIo<I> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
@@ -100,7 +107,11 @@ impl<I: AsyncRead + Unpin> AsyncRead for WireIo<I> {
 }
 
 impl<I: AsyncWrite + Unpin> AsyncWrite for WireIo<I> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_write(cx, data);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
@@ -109,7 +120,11 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for WireIo<I> {
         r
     }
 
-    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
@@ -180,7 +195,11 @@ impl HeadScan {
                 State::Skip(n) => {
                     let take = n.min(bytes.len() as u64);
                     bytes = &bytes[take as usize..];
-                    self.state = if take == n { State::Head } else { State::Skip(n - take) };
+                    self.state = if take == n {
+                        State::Head
+                    } else {
+                        State::Skip(n - take)
+                    };
                 }
                 State::Head => {
                     let b = bytes[0];
@@ -223,7 +242,9 @@ impl HeadScan {
         if !empty {
             if let Some(v) = line.strip_prefix(b"content-length:") {
                 self.content_lengths += 1;
-                self.length = std::str::from_utf8(v.trim_ascii()).ok().and_then(|s| s.parse().ok());
+                self.length = std::str::from_utf8(v.trim_ascii())
+                    .ok()
+                    .and_then(|s| s.parse().ok());
             } else if line.starts_with(b"transfer-encoding:") {
                 self.chunked_or_te = true;
             } else if line.starts_with(b"upgrade:") {
@@ -232,7 +253,8 @@ impl HeadScan {
             return false;
         }
         // End of the head.
-        let conflict = self.content_lengths > 1 || (self.content_lengths == 1 && self.chunked_or_te);
+        let conflict =
+            self.content_lengths > 1 || (self.content_lengths == 1 && self.chunked_or_te);
         self.state = match (conflict, self.chunked_or_te || self.upgrade, self.length) {
             (true, _, _) | (_, true, _) => State::Done,
             (_, _, Some(0)) => State::Head,
@@ -265,7 +287,9 @@ mod tests {
         for cut in 0..smuggle.len() {
             assert!(scan(&[&smuggle[..cut], &smuggle[cut..]]), "cut at {cut}");
         }
-        assert!(scan(&[b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 1\r\ncontent-length: 1\r\n\r\nx"]));
+        assert!(scan(&[
+            b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 1\r\ncontent-length: 1\r\n\r\nx"
+        ]));
     }
 
     #[test]
@@ -274,13 +298,17 @@ mod tests {
         assert!(!scan(&[body_looks_like_head]));
         let mut s = HeadScan::default();
         assert!(!s.feed(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n"));
-        assert!(s.feed(b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n"));
+        assert!(
+            s.feed(b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n")
+        );
     }
 
     #[test]
     fn stops_at_h2_and_chunked() {
         let mut s = HeadScan::default();
-        assert!(!s.feed(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n"));
+        assert!(!s.feed(
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n"
+        ));
         let mut s = HeadScan::default();
         assert!(!s.feed(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"));
     }

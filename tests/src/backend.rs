@@ -188,7 +188,11 @@ fn full(s: impl Into<Bytes>) -> Body {
 
 /// A real WebSocket endpoint: handshake, then every text or binary message
 /// echoed back, until the client closes. Counted as active while open.
-fn websocket(mut req: Request<Incoming>, key: http::HeaderValue, stats: Arc<Stats>) -> Response<Body> {
+fn websocket(
+    mut req: Request<Incoming>,
+    key: http::HeaderValue,
+    stats: Arc<Stats>,
+) -> Response<Body> {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::protocol::Role;
     let on_upgrade = hyper::upgrade::on(&mut req);
@@ -196,8 +200,15 @@ fn websocket(mut req: Request<Incoming>, key: http::HeaderValue, stats: Arc<Stat
     let guard = ActiveGuard(Arc::clone(&stats));
     tokio::spawn(async move {
         let _guard = guard;
-        let Ok(upgraded) = on_upgrade.await else { return };
-        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            Role::Server,
+            None,
+        )
+        .await;
         while let Some(Ok(msg)) = ws.next().await {
             if msg.is_close() {
                 break;

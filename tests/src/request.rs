@@ -87,19 +87,45 @@ pub async fn wait_for(what: &str, timeout: Duration, mut cond: impl AsyncFnMut()
 
 /// One request on the control socket, any method and path, raw body: for
 /// endpoints and malformed bodies the typed `ControlClient` does not send.
-pub async fn control(socket: &std::path::Path, method: &str, path: &str, body: impl Into<Bytes>) -> Result<Reply, String> {
-    let req = Request::builder().method(method).uri(path).header("host", "localhost").body(Full::new(body.into())).unwrap();
+pub async fn control(
+    socket: &std::path::Path,
+    method: &str,
+    path: &str,
+    body: impl Into<Bytes>,
+) -> Result<Reply, String> {
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "localhost")
+        .body(Full::new(body.into()))
+        .unwrap();
     let run = async {
-        let stream = tokio::net::UnixStream::connect(socket).await.map_err(|e| format!("connect {}: {e}", socket.display()))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
+        let stream = tokio::net::UnixStream::connect(socket)
+            .await
+            .map_err(|e| format!("connect {}: {e}", socket.display()))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
         tokio::spawn(conn);
         let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
         let status = resp.status();
         let headers = resp.headers().clone();
-        let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-        Ok(Reply { status, headers, body: String::from_utf8_lossy(&body).into_owned(), bytes: body })
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok(Reply {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+            bytes: body,
+        })
     };
-    tokio::time::timeout(Duration::from_secs(60), run).await.map_err(|_| "control request timed out".to_string())?
+    tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .map_err(|_| "control request timed out".to_string())?
 }
 
 /// Writes `bytes` on a fresh TCP connection and reads until the server closes

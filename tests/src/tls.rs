@@ -38,7 +38,9 @@ impl TestCa {
     pub fn new() -> TestCa {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(rcgen::DnType::CommonName, "handoff test CA");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "handoff test CA");
         let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
         TestCa { issuer }
     }
@@ -57,13 +59,22 @@ impl TestCa {
     /// Issues a leaf for `names` and writes `STEM.crt` (leaf + CA chain) and
     /// `STEM.key` (PKCS#8) into `dir`.
     pub fn leaf(&self, dir: &Path, stem: &str, names: &[&str]) -> Leaf {
-        let params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+        let params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
-        let (cert_path, key_path) = (dir.join(format!("{stem}.crt")), dir.join(format!("{stem}.key")));
+        let (cert_path, key_path) = (
+            dir.join(format!("{stem}.crt")),
+            dir.join(format!("{stem}.key")),
+        );
         std::fs::write(&cert_path, format!("{}{}", cert.pem(), self.pem())).unwrap();
         std::fs::write(&key_path, key.serialize_pem()).unwrap();
-        Leaf { cert: cert_path, key: key_path, der: cert.der().clone() }
+        Leaf {
+            cert: cert_path,
+            key: key_path,
+            der: cert.der().clone(),
+        }
     }
 
     /// A client that trusts this CA only and offers `alpn`.
@@ -82,7 +93,11 @@ impl TestCa {
 }
 
 /// A TLS connection to `addr` asking for `sni`, bounded by 10 s.
-pub async fn connect(tls: &TlsConnector, addr: SocketAddr, sni: &str) -> std::io::Result<TlsStream<TcpStream>> {
+pub async fn connect(
+    tls: &TlsConnector,
+    addr: SocketAddr,
+    sni: &str,
+) -> std::io::Result<TlsStream<TcpStream>> {
     let name = ServerName::try_from(sni.to_string()).unwrap();
     tokio::time::timeout(Duration::from_secs(10), async {
         let tcp = TcpStream::connect(addr).await?;
@@ -93,18 +108,27 @@ pub async fn connect(tls: &TlsConnector, addr: SocketAddr, sni: &str) -> std::io
 }
 
 /// What the server presented and agreed on.
-pub fn session(stream: &TlsStream<TcpStream>) -> (Option<CertificateDer<'static>>, Option<Vec<u8>>) {
+pub fn session(
+    stream: &TlsStream<TcpStream>,
+) -> (Option<CertificateDer<'static>>, Option<Vec<u8>>) {
     let conn = stream.get_ref().1;
-    let leaf = conn.peer_certificates().and_then(|c| c.first()).map(|c| c.clone().into_owned());
+    let leaf = conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.clone().into_owned());
     (leaf, conn.alpn_protocol().map(<[u8]>::to_vec))
 }
 
 /// One request over an established TLS stream, HTTP/2 when ALPN chose `h2`.
-pub async fn send(stream: TlsStream<TcpStream>, req: Request<Full<Bytes>>) -> Result<Reply, hyper::Error> {
+pub async fn send(
+    stream: TlsStream<TcpStream>,
+    req: Request<Full<Bytes>>,
+) -> Result<Reply, hyper::Error> {
     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
     let io = TokioIo::new(stream);
     let resp = if h2 {
-        let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
         tokio::spawn(conn);
         sender.send_request(req).await?
     } else {
@@ -118,13 +142,24 @@ pub async fn send(stream: TlsStream<TcpStream>, req: Request<Full<Bytes>>) -> Re
     // Tests read the protocol from here; the proxy never sends this header.
     headers.insert("x-test-version", format!("{version:?}").parse().unwrap());
     let body = resp.into_body().collect().await?.to_bytes();
-    Ok(Reply { status, headers, body: String::from_utf8_lossy(&body).into_owned(), bytes: body })
+    Ok(Reply {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+        bytes: body,
+    })
 }
 
 /// A GET over TLS with SNI `host`, on a fresh connection.
 pub async fn get(tls: &TlsConnector, addr: SocketAddr, host: &str, path: &str) -> Reply {
     let stream = connect(tls, addr, host).await.expect("TLS connect");
     let uri = format!("https://{host}{path}");
-    let req = Request::get(uri).header("host", host).body(Full::default()).unwrap();
-    tokio::time::timeout(Duration::from_secs(30), send(stream, req)).await.expect("request timed out").expect("request failed")
+    let req = Request::get(uri)
+        .header("host", host)
+        .body(Full::default())
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(30), send(stream, req))
+        .await
+        .expect("request timed out")
+        .expect("request failed")
 }
