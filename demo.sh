@@ -85,11 +85,12 @@ proxy_args=(--http "127.0.0.1:$PORT" --control "$work/control.sock" --state "$wo
 admin_args=()
 if "$proxy_bin" --help | grep -q -- '--admin'; then admin_args=(--admin "127.0.0.1:$ADMIN_PORT"); fi
 echo "\$ handoff-proxy ${proxy_args[*]} ${admin_args[*]}"
-"$proxy_bin" "${proxy_args[@]}" "${admin_args[@]}" >"$work/proxy.out" 2>"$work/proxy.log" &
+RUST_BACKTRACE=0 RUST_LIB_BACKTRACE=0 "$proxy_bin" "${proxy_args[@]}" "${admin_args[@]}" \
+    >"$work/proxy.out" 2>"$work/proxy.log" &
 proxy_pid=$!
 for _ in $(seq 1 100); do # the proxy prints one "ready" line once it listens
     grep -q '^handoff-proxy ready' "$work/proxy.out" 2>/dev/null && break
-    kill -0 "$proxy_pid" 2>/dev/null || { tail -n 5 "$work/proxy.log" >&2; die "handoff-proxy did not start (is port $PORT free? DEMO_PORT=... picks another)"; }
+    kill -0 "$proxy_pid" 2>/dev/null || { tail -n 5 "$work/proxy.log" >&2; die "handoff-proxy did not start (are ports $PORT and $ADMIN_PORT free? DEMO_PORT=... DEMO_ADMIN_PORT=... pick others)"; }
     sleep 0.1
 done
 grep -q '^handoff-proxy ready' "$work/proxy.out" || die "handoff-proxy did not report ready within 10s"
