@@ -59,14 +59,19 @@ fn main() {
         }
     };
     // Diagnostics for handoff's own debugging; user-facing progress goes
-    // through `Output`. Off unless HANDOFF_LOG asks for it.
-    tracing_subscriber::fmt()
+    // through `Output`. Off unless HANDOFF_LOG asks for it. Installed without
+    // the `log` bridge on purpose: bollard logs request bodies (which hold
+    // the container's env, i.e. secrets) through `log` at debug level, and
+    // those must never reach any output, whatever filter is set.
+    let subscriber = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("HANDOFF_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
-        .init();
+        .finish();
+    let _ = tracing::subscriber::set_global_default(subscriber);
 
     let out = Output::new(cli.global.json);
     let runtime = match tokio::runtime::Builder::new_current_thread()

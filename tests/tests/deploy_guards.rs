@@ -138,7 +138,10 @@ async fn secrets_passed_by_env_reach_the_container_and_are_never_printed() {
             "--env-file",
             env_path,
         ];
-        env.handoff.run_env(&args, &[("HOST_SECRET", &host)]).await
+        // Even with handoff's most verbose logging.
+        env.handoff
+            .run_env(&args, &[("HOST_SECRET", &host), ("HANDOFF_LOG", "trace")])
+            .await
     };
     let ok = deploy(&env.images.v1).await;
     assert_eq!(ok.code, 0, "{ok}");
