@@ -106,6 +106,16 @@ pub async fn run(
         engine.app_containers(&args.name).await?,
         status.backend.as_deref(),
     );
+    if let (None, Some(backend)) = (slots.live, status.backend.as_deref()) {
+        if let Some((other, container)) = engine.other_app_at(backend, &args.name).await? {
+            return Err(Failure::Usage(format!(
+                "the proxy at {} serves app {other} ({container} at {backend}), not {}; \
+                 each app needs its own handoff-proxy and --control socket",
+                global.control.display(),
+                args.name
+            )));
+        }
+    }
     let target = slots.target();
     let name = target.container_name(&args.name);
     let old = slots.live.and_then(|s| slots.get(s)).cloned();

@@ -121,6 +121,44 @@ impl Engine {
         Ok(out)
     }
 
+    /// The app and container of another handoff app whose published port is
+    /// `backend`, if any: a proxy that serves a different app must not be
+    /// switched to this one.
+    pub async fn other_app_at(&self, backend: &str, app: &str) -> Result<Option<(String, String)>> {
+        let filters = HashMap::from([("label", vec![LABEL_APP.to_string()])]);
+        let list = self
+            .docker
+            .list_containers(Some(
+                ListContainersOptionsBuilder::new()
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+            .map_err(|e| self.err("list containers", e))?;
+        for c in list {
+            let owner = c
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(LABEL_APP))
+                .cloned()
+                .unwrap_or_default();
+            let serves = c.ports.iter().flatten().any(|p| {
+                p.ip.as_deref() == Some("127.0.0.1")
+                    && p.public_port.map(|pp| format!("127.0.0.1:{pp}")).as_deref() == Some(backend)
+            });
+            if serves && owner != app {
+                let name = c
+                    .names
+                    .unwrap_or_default()
+                    .first()
+                    .cloned()
+                    .unwrap_or_default();
+                return Ok(Some((owner, name.trim_start_matches('/').to_string())));
+            }
+        }
+        Ok(None)
+    }
+
     /// `None` when no such container exists.
     pub async fn inspect(&self, name: &str) -> Result<Option<ContainerInfo>> {
         let c = match self.docker.inspect_container(name, None).await {

@@ -6,7 +6,7 @@
 //! except under CI=true, where they fail (except the usage test, which
 //! needs no engine).
 
-use handoff_tests::docker::{assert_failed, container_state, stage, Handoff};
+use handoff_tests::docker::{assert_failed, container_state, stage, App, Handoff};
 use handoff_tests::request::{self, wait_for};
 use std::time::Duration;
 
@@ -366,6 +366,32 @@ async fn proxy_down_exits_4_and_changes_nothing() {
     let s = out.json();
     assert_eq!(s["slots"][0]["running"], true, "{s}");
     assert!(s["proxy"]["error"].is_string(), "{s}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_serving_another_app_is_not_taken_over() {
+    let Some(env) = stage("owner").await else {
+        return;
+    };
+    env.deploy_ok(&env.images.v1, &[]).await;
+    let before = env.proxy.client().status().await.unwrap();
+    let intruder = App::new("intruder");
+    let out = env
+        .handoff
+        .deploy(&intruder.name, &env.images.v2, &[])
+        .await;
+    assert_failed(&out, 1);
+    assert!(
+        out.stderr.contains(&format!("serves app {}", env.app.name)),
+        "{out}"
+    );
+    let after = env.proxy.client().status().await.unwrap();
+    assert_eq!(
+        (after.backend, after.generation),
+        (before.backend, before.generation)
+    );
+    assert!(intruder.containers().is_empty());
+    assert_eq!(env.body("/").await, "v1");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
