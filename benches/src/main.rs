@@ -56,7 +56,7 @@ enum Cmd {
     /// The bluegreen.sh way (nginx reload, then stop old) under the same load.
     Seed(CutoverArgs),
     /// Full `handoff deploy` v1 -> v2 under load (needs Docker and the deployer).
-    Deploy,
+    Deploy(CutoverArgs),
     /// steady, switch, seed and deploy in turn, then the chart.
     All {
         #[command(flatten)]
@@ -109,10 +109,7 @@ async fn dispatch(common: &Common, cmd: Cmd) -> Result<()> {
         Cmd::Steady(args) => run_steady(common, &args).await,
         Cmd::Switch(args) => run_cutover(common, &args, "switch").await,
         Cmd::Seed(args) => run_cutover(common, &args, "seed").await,
-        Cmd::Deploy => {
-            println!("{}", scenarios::deploy::run(common).await?);
-            Ok(())
-        }
+        Cmd::Deploy(args) => run_cutover(common, &args, "deploy").await,
         Cmd::All { cutover, rounds } => {
             let steady_args = SteadyArgs {
                 conns: vec![64, 256],
@@ -123,7 +120,7 @@ async fn dispatch(common: &Common, cmd: Cmd) -> Result<()> {
             run_steady(common, &steady_args).await?;
             run_cutover(common, &cutover, "switch").await?;
             run_cutover(common, &cutover, "seed").await?;
-            println!("{}", scenarios::deploy::run(common).await?);
+            run_cutover(common, &cutover, "deploy").await?;
             Ok(())
         }
         Cmd::Chart => draw_chart(common),
@@ -150,7 +147,17 @@ async fn run_steady(common: &Common, args: &SteadyArgs) -> Result<()> {
 async fn run_cutover(common: &Common, args: &CutoverArgs, which: &str) -> Result<()> {
     let r = match which {
         "switch" => scenarios::switch::run(common, args).await?,
-        _ => scenarios::seed::run(common, args).await?,
+        "seed" => scenarios::seed::run(common, args).await?,
+        _ => match scenarios::deploy::skip_reason() {
+            Some(why) => {
+                let md = format!("### deploy\n\n{why}\n");
+                println!("{md}");
+                std::fs::create_dir_all(&common.out)?;
+                std::fs::write(common.out.join("deploy-latest.md"), md)?;
+                return Ok(());
+            }
+            None => scenarios::deploy::run(common, args).await?,
+        },
     };
     let md = cutover::markdown(&r);
     println!("{md}");

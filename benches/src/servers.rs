@@ -238,6 +238,12 @@ impl HandoffProxy {
     }
 
     pub fn start(backend: SocketAddr, drain_timeout: &str) -> Result<HandoffProxy> {
+        Self::start_with(Some(backend), drain_timeout)
+    }
+
+    /// Starts the proxy with no backend at all when `backend` is `None`
+    /// (the deployer's first deploy sets one).
+    pub fn start_with(backend: Option<SocketAddr>, drain_timeout: &str) -> Result<HandoffProxy> {
         let bin = Self::binary()?;
         let dir = TempDir::new("handoff")?;
         let control = dir.path().join("control.sock");
@@ -251,12 +257,7 @@ impl HandoffProxy {
             .arg(&control)
             .arg("--state")
             .arg(dir.path().join("state.json"))
-            .args([
-                "--backend",
-                &backend.to_string(),
-                "--drain-timeout",
-                drain_timeout,
-            ])
+            .args(["--drain-timeout", drain_timeout])
             .env(
                 "RUST_LOG",
                 std::env::var("HANDOFF_BENCH_PROXY_LOG").unwrap_or_else(|_| "warn".into()),
@@ -264,6 +265,9 @@ impl HandoffProxy {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log);
+        if let Some(backend) = backend {
+            cmd.args(["--backend", &backend.to_string()]);
+        }
         let mut proc = Proc::spawn("handoff-proxy", &mut cmd)?;
         let line = proc
             .ready_line("handoff-proxy ready ", START_TIMEOUT)
@@ -291,6 +295,10 @@ impl HandoffProxy {
 
     pub fn cpu_ms(&self) -> f64 {
         self.proc.cpu_ms()
+    }
+
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
     }
 
     pub fn log_tail(&self) -> String {

@@ -227,7 +227,7 @@ pub fn analyse(
     for e in &mut events {
         e.first_served_ms = s
             .iter()
-            .filter(|x| x.backend == e.to && x.outcome.is_ok())
+            .filter(|x| e.to != 0 && x.backend == e.to && x.outcome.is_ok())
             .map(|x| x.start_us as f64 / 1000.0)
             .min_by(|a, b| a.total_cmp(b));
     }
@@ -284,7 +284,17 @@ fn quantiles(mut v: Vec<f64>) -> String {
 
 pub fn markdown(r: &CutoverReport) -> String {
     let tl = &r.timeline;
-    let mut out = format!(
+    let mut out = if r.scenario == "deploy" {
+        format!(
+            "### deploy (`handoff deploy` v1 -> v2 on Docker; {} req/s open loop on {} conns + {} long {} ms requests always in flight)\n\n{}\n\n",
+            r.rate,
+            r.conns,
+            r.long_conns,
+            tl.long_ms,
+            r.machine.markdown()
+        )
+    } else {
+        format!(
         "### {} ({} cut-overs every {} ms for {} s; {} req/s open loop on {} conns + {} long {} ms requests always in flight)\n\n{}\n\n",
         r.scenario,
         r.events.len(),
@@ -295,7 +305,8 @@ pub fn markdown(r: &CutoverReport) -> String {
         r.long_conns,
         tl.long_ms,
         r.machine.markdown()
-    );
+    )
+    };
     let row = |name: &str, s: &Summary| {
         vec![
             name.to_string(),
