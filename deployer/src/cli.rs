@@ -79,7 +79,7 @@ pub enum PullPolicy {
 /// How to wait, health-check and switch; shared by deploy and rollback.
 #[derive(Debug, Args, Clone)]
 pub struct SwitchArgs {
-    /// Give up on the new container after this long
+    /// Give up when the container is not healthy after this long
     #[arg(long, env = "HANDOFF_DEPLOY_TIMEOUT", default_value = "120s", value_parser = parse_duration, value_name = "DUR")]
     pub deploy_timeout: Duration,
     /// Time between health checks (the first few come sooner: 100ms, 200ms, ...)
