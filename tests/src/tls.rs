@@ -77,6 +77,43 @@ impl TestCa {
         }
     }
 
+    /// Issues a leaf for `names` over an existing PKCS#8 key (RSA or EC, as
+    /// made by `openssl genpkey`) and writes `STEM.crt` into `dir`.
+    pub fn leaf_for_key(
+        &self,
+        dir: &Path,
+        stem: &str,
+        names: &[&str],
+        pkcs8_pem: &str,
+    ) -> (PathBuf, CertificateDer<'static>) {
+        let params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let key = KeyPair::from_pem(pkcs8_pem).expect("PKCS#8 key rcgen can sign with");
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let path = dir.join(format!("{stem}.crt"));
+        std::fs::write(&path, format!("{}{}", cert.pem(), self.pem())).unwrap();
+        (path, cert.der().clone())
+    }
+
+    /// A client that trusts this CA only, speaks only `versions` and offers `alpn`.
+    pub fn client_with_versions(
+        &self,
+        alpn: &[&[u8]],
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> TlsConnector {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.issuer.der().clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(versions)
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        TlsConnector::from(Arc::new(config))
+    }
+
     /// A client that trusts this CA only and offers `alpn`.
     pub fn client(&self, alpn: &[&[u8]]) -> TlsConnector {
         let mut roots = rustls::RootCertStore::empty();

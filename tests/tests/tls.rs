@@ -417,3 +417,138 @@ async fn websocket_over_tls_survives_a_switch_and_holds_the_drain_until_closed()
     assert_eq!(r.in_flight, 0);
     assert_eq!(b2.active(), 0);
 }
+
+/// `openssl` with `args`; the key formats below are what certbot, cloud
+/// consoles and older tooling hand out.
+fn openssl(args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl is installed");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rsa_and_ec_keys_in_pkcs1_pkcs8_and_sec1_over_tls_1_2_and_1_3() {
+    let (dir, ca, b1) = (
+        TempDir::new("tls"),
+        TestCa::new(),
+        Backend::start("b1").await,
+    );
+    let d = dir.path();
+    let path = |name: &str| d.join(name).to_str().unwrap().to_string();
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-out",
+        &path("rsa.p8"),
+    ]);
+    openssl(&[
+        "pkey",
+        "-in",
+        &path("rsa.p8"),
+        "-traditional",
+        "-out",
+        &path("rsa.p1"),
+    ]);
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-out",
+        &path("ec.p8"),
+    ]);
+    openssl(&[
+        "pkey",
+        "-in",
+        &path("ec.p8"),
+        "-traditional",
+        "-out",
+        &path("ec.sec1"),
+    ]);
+    let label = |file: &str| {
+        std::fs::read_to_string(d.join(file))
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(label("rsa.p1"), "-----BEGIN RSA PRIVATE KEY-----");
+    assert_eq!(label("ec.sec1"), "-----BEGIN EC PRIVATE KEY-----");
+    assert_eq!(label("rsa.p8"), "-----BEGIN PRIVATE KEY-----");
+
+    let cases = [
+        ("rsa8.test", "rsa.p8", "rsa.p8"),
+        ("rsa1.test", "rsa.p8", "rsa.p1"),
+        ("ec1.test", "ec.p8", "ec.sec1"),
+    ];
+    let mut args = vec![
+        "--backend".to_string(),
+        b1.addr_string(),
+        "--https".into(),
+        "127.0.0.1:0".into(),
+    ];
+    let mut ders = Vec::new();
+    for (name, pkcs8, key_file) in cases {
+        let (cert, der) = ca.leaf_for_key(
+            d,
+            name,
+            &[name],
+            &std::fs::read_to_string(d.join(pkcs8)).unwrap(),
+        );
+        args.extend([
+            "--tls-cert".into(),
+            cert.display().to_string(),
+            "--tls-key".into(),
+            path(key_file),
+        ]);
+        ders.push(der);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let p = Proxy::start(&args).await;
+    let https = p.https.unwrap();
+    for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+        let client = ca.client_with_versions(&[b"h2"], &[version]);
+        for ((name, _, key), der) in cases.iter().zip(&ders) {
+            let stream = tls::connect(&client, https, name)
+                .await
+                .unwrap_or_else(|e| panic!("{name} ({key}) {version:?}: {e}"));
+            assert_eq!(stream.get_ref().1.protocol_version(), Some(version.version));
+            assert_eq!(tls::session(&stream).0.as_ref(), Some(der), "{name}");
+            let req = Request::get(format!("https://{name}/"))
+                .body(Default::default())
+                .unwrap();
+            assert_eq!(tls::send(stream, req).await.unwrap().body, "b1");
+        }
+    }
+
+    // A key that is not PEM at all is a startup error naming the file.
+    std::fs::write(d.join("junk.key"), "not a key").unwrap();
+    std::fs::create_dir(d.join("second")).unwrap();
+    let leaf = ca.leaf(d, "junk-cert", &["j.test"]);
+    let err = Proxy::try_start_in(
+        &d.join("second"),
+        &[
+            "--https",
+            "127.0.0.1:0",
+            "--tls-cert",
+            leaf.cert.to_str().unwrap(),
+            "--tls-key",
+            &path("junk.key"),
+        ],
+    )
+    .await
+    .err()
+    .expect("a bad key must stop startup");
+    assert!(err.contains("junk.key"), "{err}");
+}
