@@ -12,7 +12,8 @@ use std::time::Duration;
     version,
     about = "Zero-downtime blue/green deploys of one Docker container behind handoff-proxy",
     after_help = "Exit codes: 0 deployed; 1 bad usage, config, or refused (lock held, nothing to roll back to);\n\
-        2 new container unhealthy; 3 Docker error; 4 proxy control error."
+        2 new container unhealthy; 3 Docker error; 4 proxy control error;\n\
+        130/143 interrupted (SIGINT/SIGTERM) before the switch, new container removed."
 )]
 pub struct Cli {
     #[command(flatten)]

@@ -12,6 +12,17 @@ use crate::proxy::{Proxy, SwitchOutcome};
 use crate::slots::ContainerInfo;
 use serde_json::{json, Map, Value};
 use std::time::{Duration, Instant};
+use tokio::signal::unix::{signal, Signal, SignalKind};
+
+/// Waits for a signal; never completes when the handler could not be set up.
+async fn recv(sig: &mut std::io::Result<Signal>) {
+    match sig {
+        Ok(s) => {
+            s.recv().await;
+        }
+        Err(_) => std::future::pending().await,
+    }
+}
 
 /// Collects what happened, for the summary line and `--json`.
 #[derive(Debug, Default)]
@@ -143,7 +154,16 @@ impl Cutover<'_> {
     ) -> Result<()> {
         let settings = self.health_settings(health_path, restarts_before);
         let t = Instant::now();
-        let waited = health::wait_healthy(self.engine, new, &settings, self.out).await;
+        // A cancelled CI job (SIGTERM/SIGINT) before the switch must not leave
+        // a half-deployed container behind. From here on the signals are
+        // caught: after the switch, handoff finishes the drain and the stop.
+        let mut sigterm = signal(SignalKind::terminate());
+        let mut sigint = signal(SignalKind::interrupt());
+        let waited = tokio::select! {
+            r = health::wait_healthy(self.engine, new, &settings, self.out) => r,
+            _ = recv(&mut sigterm) => Err(Failure::Interrupted { signal: "SIGTERM", code: 143 }),
+            _ = recv(&mut sigint) => Err(Failure::Interrupted { signal: "SIGINT", code: 130 }),
+        };
         report.step("health", t.elapsed());
         if let Err(failure) = waited {
             self.give_up(new, on_unhealthy).await;

@@ -21,6 +21,11 @@ pub enum Failure {
     /// The proxy's control socket is unreachable or refused the switch.
     #[error("{0}")]
     Proxy(String),
+    /// Stopped by a signal before the switch; the new container was removed.
+    #[error(
+        "interrupted by {signal} before the switch; the proxy and the live container are unchanged"
+    )]
+    Interrupted { signal: &'static str, code: i32 },
 }
 
 impl Failure {
@@ -30,6 +35,7 @@ impl Failure {
             Failure::Unhealthy { .. } => 2,
             Failure::Docker(_) => 3,
             Failure::Proxy(_) => 4,
+            Failure::Interrupted { code, .. } => *code,
         }
     }
 
@@ -39,6 +45,7 @@ impl Failure {
             Failure::Unhealthy { .. } => "unhealthy",
             Failure::Docker(_) => "docker",
             Failure::Proxy(_) => "proxy",
+            Failure::Interrupted { .. } => "interrupted",
         }
     }
 }

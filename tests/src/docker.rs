@@ -265,14 +265,20 @@ impl Handoff {
         self.run_env(args, &[]).await
     }
 
-    pub async fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Outcome {
-        let started = Instant::now();
+    /// The command, for tests that need the running process (signals).
+    pub fn command(&self, args: &[&str]) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(bin_path("handoff"));
         cmd.args(args)
             .env("HANDOFF_CONTROL", &self.control)
             .env("HANDOFF_STATE_DIR", &self.state_dir)
             .stdin(Stdio::null())
             .kill_on_drop(true);
+        cmd
+    }
+
+    pub async fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Outcome {
+        let started = Instant::now();
+        let mut cmd = self.command(args);
         for (k, v) in env {
             cmd.env(k, v);
         }

@@ -395,6 +395,84 @@ async fn a_proxy_serving_another_app_is_not_taken_over() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_before_the_switch_removes_the_new_container() {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+    let Some(env) = stage("sigterm").await else {
+        return;
+    };
+    env.deploy_ok(&env.images.v1, &[]).await;
+    let before = env.proxy.client().status().await.unwrap();
+    let mut child = env
+        .handoff
+        .command(&[
+            "deploy",
+            "--json",
+            "--init",
+            "--pull",
+            "never",
+            "--name",
+            &env.app.name,
+            "--image",
+            &env.images.v3_unhealthy,
+            "--deploy-timeout",
+            "120s",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn handoff");
+    // Its first "waiting for ... healthy" line: the new container runs and
+    // the health wait (which handles signals) has begun.
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let waiting = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = stderr.next_line().await.unwrap() {
+            let found = line.contains("to become healthy");
+            seen.push(line);
+            if found {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(waiting, Ok(true), "no health wait seen: {seen:#?}");
+    assert!(container_state(&env.app.green()).is_some());
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .expect("handoff did not exit after SIGTERM")
+        .unwrap();
+    let mut stdout = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(143), "{stdout}");
+    let json: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(json["error_kind"], "interrupted", "{json}");
+    assert_eq!(
+        container_state(&env.app.green()),
+        None,
+        "the interrupted deploy left its container"
+    );
+    let after = env.proxy.client().status().await.unwrap();
+    assert_eq!(
+        (after.backend, after.generation),
+        (before.backend, before.generation)
+    );
+    assert_eq!(env.body("/").await, "v1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_usage_exits_1_naming_the_problem() {
     // Needs neither Docker nor a proxy: validation comes first.
     let dir = handoff_tests::TempDir::new("usage");
