@@ -19,7 +19,11 @@ pub struct Admin {
 }
 
 impl Admin {
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         loop {
             let stream = tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -54,15 +58,26 @@ impl Admin {
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
                 self.metrics.render(&self.router),
             ),
-            (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain; charset=utf-8", "ok\n".to_string()),
-            (_, "/metrics" | "/healthz") => {
-                (StatusCode::METHOD_NOT_ALLOWED, "text/plain; charset=utf-8", "use GET\n".to_string())
-            }
-            _ => (StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "not found\n".to_string()),
+            (&Method::GET, "/healthz") => (
+                StatusCode::OK,
+                "text/plain; charset=utf-8",
+                "ok\n".to_string(),
+            ),
+            (_, "/metrics" | "/healthz") => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain; charset=utf-8",
+                "use GET\n".to_string(),
+            ),
+            _ => (
+                StatusCode::NOT_FOUND,
+                "text/plain; charset=utf-8",
+                "not found\n".to_string(),
+            ),
         };
         let mut resp = Response::new(ProxyBody::local(body));
         *resp.status_mut() = status;
-        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
         resp
     }
 }

@@ -21,7 +21,12 @@ pub struct Cli {
     pub admin: Admin,
 
     /// Log format on stderr: text or json (one access-log line per request either way).
-    #[arg(long, env = "HANDOFF_LOG_FORMAT", default_value = "text", value_name = "FORMAT")]
+    #[arg(
+        long,
+        env = "HANDOFF_LOG_FORMAT",
+        default_value = "text",
+        value_name = "FORMAT"
+    )]
     pub log_format: LogFormat,
 
     /// Plain HTTP listen address.
@@ -71,15 +76,30 @@ pub struct Cli {
     pub header_timeout: Duration,
 
     /// TLS listen address; on when certificates are given.
-    #[arg(long, env = "HANDOFF_HTTPS", default_value = "0.0.0.0:443", value_name = "ADDR")]
+    #[arg(
+        long,
+        env = "HANDOFF_HTTPS",
+        default_value = "0.0.0.0:443",
+        value_name = "ADDR"
+    )]
     pub https: SocketAddr,
 
     /// PEM certificate chain; repeatable, paired in order with --tls-key. The first is the default for unknown SNI.
-    #[arg(long, env = "HANDOFF_TLS_CERT", value_delimiter = ',', value_name = "PATH")]
+    #[arg(
+        long,
+        env = "HANDOFF_TLS_CERT",
+        value_delimiter = ',',
+        value_name = "PATH"
+    )]
     pub tls_cert: Vec<PathBuf>,
 
     /// PEM private key (PKCS#8, RSA or EC); repeatable, one per --tls-cert.
-    #[arg(long, env = "HANDOFF_TLS_KEY", value_delimiter = ',', value_name = "PATH")]
+    #[arg(
+        long,
+        env = "HANDOFF_TLS_KEY",
+        value_delimiter = ',',
+        value_name = "PATH"
+    )]
     pub tls_key: Vec<PathBuf>,
 
     /// Directory of NAME.crt + NAME.key pairs, loaded after --tls-cert (default: none).
@@ -91,7 +111,13 @@ pub struct Cli {
     pub redirect_https: bool,
 
     /// Path prefix still forwarded over plain HTTP with --redirect-https; repeatable.
-    #[arg(long, env = "HANDOFF_REDIRECT_EXEMPT", value_delimiter = ',', default_value = "/.well-known/acme-challenge/", value_name = "PREFIX")]
+    #[arg(
+        long,
+        env = "HANDOFF_REDIRECT_EXEMPT",
+        value_delimiter = ',',
+        default_value = "/.well-known/acme-challenge/",
+        value_name = "PREFIX"
+    )]
     pub redirect_exempt: Vec<String>,
 
     /// Send Strict-Transport-Security with this max-age on https (default: not sent).
@@ -115,7 +141,12 @@ pub struct Cli {
     pub max_body: u64,
 
     /// Client connections served at once; more wait to be accepted.
-    #[arg(long, env = "HANDOFF_MAX_CONNECTIONS", default_value = "10000", value_name = "N")]
+    #[arg(
+        long,
+        env = "HANDOFF_MAX_CONNECTIONS",
+        default_value = "10000",
+        value_name = "N"
+    )]
     pub max_connections: usize,
 
     /// Log filter, RUST_LOG syntax.
@@ -134,7 +165,10 @@ pub struct Admin(pub Option<SocketAddr>);
 fn admin_addr(s: &str) -> Result<Admin, String> {
     match s {
         "off" | "none" => Ok(Admin(None)),
-        _ => s.parse().map(|a| Admin(Some(a))).map_err(|e| format!("{e} (an ADDR:PORT or `off`)")),
+        _ => s
+            .parse()
+            .map(|a| Admin(Some(a)))
+            .map_err(|e| format!("{e} (an ADDR:PORT or `off`)")),
     }
 }
 
@@ -162,14 +196,27 @@ impl Cli {
         }
         if self.tls_cert.is_empty() && self.tls_dir.is_none() {
             if self.redirect_https {
-                return Err("--redirect-https needs TLS (--tls-cert/--tls-key or --tls-dir)".into());
+                return Err(
+                    "--redirect-https needs TLS (--tls-cert/--tls-key or --tls-dir)".into(),
+                );
             }
             return Ok(None);
         }
-        let pairs = self.tls_cert.iter().zip(&self.tls_key).map(|(c, k)| CertPair { cert: c.clone(), key: k.clone() }).collect();
+        let pairs = self
+            .tls_cert
+            .iter()
+            .zip(&self.tls_key)
+            .map(|(c, k)| CertPair {
+                cert: c.clone(),
+                key: k.clone(),
+            })
+            .collect();
         Ok(Some(handoff_proxy::config::TlsListener {
             addr: self.https,
-            certs: TlsSettings { pairs, dir: self.tls_dir.clone() },
+            certs: TlsSettings {
+                pairs,
+                dir: self.tls_dir.clone(),
+            },
             redirect_exempt: self.redirect_https.then(|| self.redirect_exempt.clone()),
             hsts_max_age: self.hsts_max_age,
         }))
@@ -184,7 +231,8 @@ impl Cli {
         }
         Ok(handoff_proxy::limits::Limits {
             max_body: self.max_body,
-            max_header_size: usize::try_from(self.max_header_size).map_err(|_| "--max-header-size is too large")?,
+            max_header_size: usize::try_from(self.max_header_size)
+                .map_err(|_| "--max-header-size is too large")?,
             max_connections: self.max_connections,
             handshake_timeout: self.tls_handshake_timeout,
             idle_timeout: self.idle_timeout,

@@ -13,20 +13,29 @@ use std::path::Path;
 
 /// Arguments to insert before the real ones, from the file at `path`.
 pub fn args_from_file(path: &Path, cmd: &Command, matches: &ArgMatches) -> Result<Vec<OsString>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
     let table: toml::Table = text
         .parse()
         .map_err(|e| anyhow!("config file {}: {e}", path.display()))?;
     let mut args = Vec::new();
     for (key, value) in &table {
         let long = key.replace('_', "-");
-        let arg = cmd
-            .get_arguments()
-            .find(|a| a.get_long() == Some(long.as_str()) && !matches!(long.as_str(), "config" | "help" | "version"));
+        let arg = cmd.get_arguments().find(|a| {
+            a.get_long() == Some(long.as_str())
+                && !matches!(long.as_str(), "config" | "help" | "version")
+        });
         let Some(arg) = arg else {
-            bail!("config file {}:{}: unknown key `{key}`", path.display(), line_of(&text, key));
+            bail!(
+                "config file {}:{}: unknown key `{key}`",
+                path.display(),
+                line_of(&text, key)
+            );
         };
-        if matches!(matches.value_source(arg.get_id().as_str()), Some(ValueSource::CommandLine | ValueSource::EnvVariable)) {
+        if matches!(
+            matches.value_source(arg.get_id().as_str()),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        ) {
             continue;
         }
         let values = match value {
@@ -34,7 +43,11 @@ pub fn args_from_file(path: &Path, cmd: &Command, matches: &ArgMatches) -> Resul
             other => scalar(other).map(|v| vec![v]),
         };
         let Some(values) = values else {
-            bail!("config file {}:{}: `{key}` must be a string, number or boolean", path.display(), line_of(&text, key));
+            bail!(
+                "config file {}:{}: `{key}` must be a string, number or boolean",
+                path.display(),
+                line_of(&text, key)
+            );
         };
         for v in values {
             if arg.get_action().takes_values() {
@@ -63,7 +76,12 @@ fn line_of(text: &str, key: &str) -> usize {
     text.lines()
         .position(|l| {
             let l = l.trim_start().trim_start_matches('"');
-            l.starts_with(key) && l[key.len()..].trim_start().trim_start_matches('"').trim_start().starts_with('=')
+            l.starts_with(key)
+                && l[key.len()..]
+                    .trim_start()
+                    .trim_start_matches('"')
+                    .trim_start()
+                    .starts_with('=')
         })
         .map_or(0, |i| i + 1)
 }

@@ -174,7 +174,10 @@ impl Control {
     /// the error; the certificates in use stay as they were.
     async fn reload_tls(&self, uid: u32) -> Response<ProxyBody> {
         let Some(resolver) = self.tls.clone() else {
-            return error(StatusCode::CONFLICT, "TLS is not enabled (no --tls-cert/--tls-key)");
+            return error(
+                StatusCode::CONFLICT,
+                "TLS is not enabled (no --tls-cert/--tls-key)",
+            );
         };
         match tokio::task::spawn_blocking(move || resolver.reload()).await {
             Ok(Ok(loaded)) => {

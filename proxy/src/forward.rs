@@ -3,11 +3,11 @@
 use crate::body::ProxyBody;
 use crate::drain::InFlight;
 use crate::headers;
+use crate::limits::RequestBody;
 use crate::metrics::{Metrics, UpstreamError};
 use crate::observe::Exchange;
 use crate::router::Router;
 use http::{header, uri, HeaderValue, Request, Response, StatusCode, Uri, Version};
-use crate::limits::RequestBody;
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -64,7 +64,11 @@ impl Forwarder {
                 return local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
             }
             Ok(Err(e)) => {
-                let kind = if e.is_connect() { UpstreamError::Connect } else { UpstreamError::Reset };
+                let kind = if e.is_connect() {
+                    UpstreamError::Connect
+                } else {
+                    UpstreamError::Reset
+                };
                 self.metrics.upstream_error(kind);
                 tracing::warn!(backend = %in_flight.generation().addr, error = %error_chain(&e), "upstream failed");
                 return local(StatusCode::BAD_GATEWAY, "upstream unavailable\n");

@@ -110,7 +110,10 @@ pub async fn run(
     let control_task = tokio::spawn(control.serve(control_listener, stop_rx.clone()));
 
     if let Some(listener) = admin_listener {
-        let admin = Arc::new(admin::Admin { metrics: Arc::clone(&metrics), router: Arc::clone(&router) });
+        let admin = Arc::new(admin::Admin {
+            metrics: Arc::clone(&metrics),
+            router: Arc::clone(&router),
+        });
         tokio::spawn(admin.serve(listener, stop_rx.clone()));
     }
     let forwarder = Arc::new(forward::Forwarder {
@@ -118,8 +121,7 @@ pub async fn run(
         upstream_timeout: config.upstream_timeout,
         metrics: Arc::clone(&metrics),
     });
-    let (graceful, accept_tasks) =
-        listener::start(http, tls, forwarder, &config, stop_rx.clone());
+    let (graceful, accept_tasks) = listener::start(http, tls, forwarder, &config, stop_rx.clone());
 
     on_ready(&listeners);
     tracing::info!(http = %http_addr, control = %config.control.display(), "handoff-proxy ready");

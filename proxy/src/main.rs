@@ -13,8 +13,11 @@ use std::io::Write;
 
 fn main() -> Result<()> {
     let cli = parse_cli()?;
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log).context("invalid --log filter")?;
-    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(&cli.log).context("invalid --log filter")?;
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Json => logs.json().init(),
         LogFormat::Text => logs
@@ -69,7 +72,11 @@ fn main() -> Result<()> {
                 listeners.http.as_deref().unwrap_or("-"),
                 listeners.admin.as_deref().unwrap_or("-"),
                 control_path.display(),
-                listeners.https.as_deref().map(|a| format!(" https={a}")).unwrap_or_default()
+                listeners
+                    .https
+                    .as_deref()
+                    .map(|a| format!(" https={a}"))
+                    .unwrap_or_default()
             );
             let _ = out.flush();
         })
@@ -83,14 +90,25 @@ fn main() -> Result<()> {
 fn parse_cli() -> Result<Cli> {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let cmd = Cli::command();
-    let matches = cmd.clone().try_get_matches_from(&args).unwrap_or_else(|e| e.exit());
+    let matches = cmd
+        .clone()
+        .try_get_matches_from(&args)
+        .unwrap_or_else(|e| e.exit());
     let Some(path) = matches.get_one::<std::path::PathBuf>("config") else {
         return Ok(Cli::from_arg_matches(&matches)?);
     };
     let from_file = config_file::args_from_file(path, &cmd, &matches)?;
-    let merged = args.iter().take(1).chain(&from_file).chain(args.iter().skip(1));
+    let merged = args
+        .iter()
+        .take(1)
+        .chain(&from_file)
+        .chain(args.iter().skip(1));
     let matches = cmd.try_get_matches_from(merged).map_err(|e| {
-        anyhow::anyhow!("config file {}: {}", path.display(), e.to_string().trim_start_matches("error: ").trim_end())
+        anyhow::anyhow!(
+            "config file {}: {}",
+            path.display(),
+            e.to_string().trim_start_matches("error: ").trim_end()
+        )
     })?;
     Ok(Cli::from_arg_matches(&matches)?)
 }

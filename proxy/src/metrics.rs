@@ -56,22 +56,52 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("handoff");
         let requests_family = Family::<Labels, Counter>::default();
-        let requests = std::array::from_fn(|i| requests_family.get_or_create_owned(&vec![("class", format!("{}xx", i + 1))]));
-        registry.register("requests", "Requests answered, by status class", requests_family);
+        let requests = std::array::from_fn(|i| {
+            requests_family.get_or_create_owned(&vec![("class", format!("{}xx", i + 1))])
+        });
+        registry.register(
+            "requests",
+            "Requests answered, by status class",
+            requests_family,
+        );
         let duration = Histogram::new(exponential_buckets(0.0005, 2.0, 18));
-        registry.register("request_duration_seconds", "Time from request head to the last response byte", duration.clone());
+        registry.register(
+            "request_duration_seconds",
+            "Time from request head to the last response byte",
+            duration.clone(),
+        );
         let switches = Counter::default();
         registry.register("switches", "Backend switches", switches.clone());
         let drains = Family::<Labels, Counter>::default();
-        registry.register("drains", "Drains after a switch, by outcome (drained, timeout)", drains.clone());
+        registry.register(
+            "drains",
+            "Drains after a switch, by outcome (drained, timeout)",
+            drains.clone(),
+        );
         let drain_duration = Histogram::new(exponential_buckets(0.001, 2.0, 18));
-        registry.register("drain_duration_seconds", "How long a switch waited for older generations", drain_duration.clone());
+        registry.register(
+            "drain_duration_seconds",
+            "How long a switch waited for older generations",
+            drain_duration.clone(),
+        );
         let upstream_errors = Family::<Labels, Counter>::default();
-        registry.register("upstream_errors", "Failed backend requests, by kind (connect, timeout, reset)", upstream_errors.clone());
+        registry.register(
+            "upstream_errors",
+            "Failed backend requests, by kind (connect, timeout, reset)",
+            upstream_errors.clone(),
+        );
         let tls_handshakes = Family::<Labels, Counter>::default();
-        registry.register("tls_handshakes", "TLS handshakes, by result (ok, error)", tls_handshakes.clone());
+        registry.register(
+            "tls_handshakes",
+            "TLS handshakes, by result (ok, error)",
+            tls_handshakes.clone(),
+        );
         let in_flight = Family::<Labels, Gauge>::default();
-        registry.register("in_flight", "Requests in flight, by backend generation", in_flight.clone());
+        registry.register(
+            "in_flight",
+            "Requests in flight, by backend generation",
+            in_flight.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -98,17 +128,23 @@ impl Metrics {
 
     pub fn drain_done(&self, drained: bool, waited: Duration) {
         let outcome = if drained { "drained" } else { "timeout" };
-        self.drains.get_or_create(&vec![("outcome", outcome.to_string())]).inc();
+        self.drains
+            .get_or_create(&vec![("outcome", outcome.to_string())])
+            .inc();
         self.drain_duration.observe(waited.as_secs_f64());
     }
 
     pub fn upstream_error(&self, kind: UpstreamError) {
-        self.upstream_errors.get_or_create(&vec![("kind", kind.label().to_string())]).inc();
+        self.upstream_errors
+            .get_or_create(&vec![("kind", kind.label().to_string())])
+            .inc();
     }
 
     pub fn tls_handshake(&self, ok: bool) {
         let result = if ok { "ok" } else { "error" };
-        self.tls_handshakes.get_or_create(&vec![("result", result.to_string())]).inc();
+        self.tls_handshakes
+            .get_or_create(&vec![("result", result.to_string())])
+            .inc();
     }
 
     /// The Prometheus text exposition, with in-flight counts read from the
@@ -119,8 +155,14 @@ impl Metrics {
         let active = router.active().into_iter().map(|g| (g, "active"));
         let draining = router.retired().into_iter().map(|g| (g, "draining"));
         for (g, state) in active.chain(draining) {
-            let labels = vec![("generation", g.id.to_string()), ("backend", g.addr.to_string()), ("state", state.to_string())];
-            self.in_flight.get_or_create(&labels).set(g.in_flight() as i64);
+            let labels = vec![
+                ("generation", g.id.to_string()),
+                ("backend", g.addr.to_string()),
+                ("state", state.to_string()),
+            ];
+            self.in_flight
+                .get_or_create(&labels)
+                .set(g.in_flight() as i64);
         }
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");

@@ -18,19 +18,32 @@ pub fn bin_path(name: &str) -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     let dir = BUILT.get_or_init(|| {
         let exe = std::env::current_exe().expect("current_exe");
-        let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>").to_path_buf();
+        let dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target/<profile>/deps/<test>")
+            .to_path_buf();
         let target_dir = dir.parent().expect("target dir");
         let mut cargo = std::process::Command::new(env!("CARGO"));
-        cargo.args(["build", "--workspace", "--bins", "--target-dir"]).arg(target_dir);
+        cargo
+            .args(["build", "--workspace", "--bins", "--target-dir"])
+            .arg(target_dir);
         if dir.file_name().is_some_and(|p| p == "release") {
             cargo.arg("--release");
         }
-        let status = cargo.current_dir(env!("CARGO_MANIFEST_DIR")).status().expect("run cargo build");
+        let status = cargo
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("run cargo build");
         assert!(status.success(), "cargo build --workspace --bins failed");
         dir
     });
     let path = dir.join(name);
-    assert!(path.exists(), "{} is missing after cargo build", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing after cargo build",
+        path.display()
+    );
     path
 }
 

@@ -55,7 +55,11 @@ impl Proxy {
         let mut child = Command::new(bin_path("handoff-proxy"))
             .arg("--http")
             .arg("127.0.0.1:0")
-            .args(if extra.contains(&"--admin") { &[][..] } else { &["--admin", "127.0.0.1:0"][..] })
+            .args(if extra.contains(&"--admin") {
+                &[][..]
+            } else {
+                &["--admin", "127.0.0.1:0"][..]
+            })
             .arg("--control")
             .arg(&control)
             .arg("--state")
@@ -88,7 +92,10 @@ impl Proxy {
             .find_map(|w| w.strip_prefix("http="))
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("unexpected ready line {line:?}"));
-        let https = line.split_whitespace().find_map(|w| w.strip_prefix("https=")).and_then(|a| a.parse().ok());
+        let https = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("https="))
+            .and_then(|a| a.parse().ok());
         let admin = line
             .split_whitespace()
             .find_map(|w| w.strip_prefix("admin="))
