@@ -1,6 +1,7 @@
 //! Real HTTP backends on 127.0.0.1:0, run inside the test process.
 //!
 //! Routes: `/` answers the backend's name; `/slow?ms=N` answers it after N ms;
+//! `/hold` answers it once the test calls [`Backend::open_gate`];
 //! `/headers` answers the request headers as JSON; `/echo` streams the request
 //! body back; any request with `Upgrade` gets 101 and its bytes echoed.
 
@@ -23,10 +24,12 @@ pub struct Backend {
     stop: watch::Sender<bool>,
 }
 
-#[derive(Default)]
 struct Stats {
     requests: AtomicU64,
     active: AtomicU64,
+    /// `/hold` requests wait until this is true: requests that end exactly
+    /// when the test says so, whatever the machine's speed.
+    gate: watch::Sender<bool>,
 }
 
 type Body = BoxBody<Bytes, hyper::Error>;
@@ -37,7 +40,11 @@ impl Backend {
             .await
             .expect("bind backend");
         let addr = listener.local_addr().unwrap();
-        let stats = Arc::new(Stats::default());
+        let stats = Arc::new(Stats {
+            requests: AtomicU64::new(0),
+            active: AtomicU64::new(0),
+            gate: watch::Sender::new(false),
+        });
         let (stop, stop_rx) = watch::channel(false);
         let name = name.to_string();
         tokio::spawn(accept_loop(
@@ -52,6 +59,11 @@ impl Backend {
             stats,
             stop,
         }
+    }
+
+    /// Lets every `/hold` request (waiting or still to come) answer.
+    pub fn open_gate(&self) {
+        self.stats.gate.send_replace(true);
     }
 
     /// `127.0.0.1:PORT`, as the control API wants it.
@@ -149,6 +161,11 @@ async fn handle(
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
     match path.as_str() {
+        "/hold" => {
+            let mut gate = stats.gate.subscribe();
+            let _ = gate.wait_for(|open| *open).await;
+            Ok(Response::new(full(name)))
+        }
         "/slow" => {
             let ms = query
                 .split('&')

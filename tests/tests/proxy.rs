@@ -5,7 +5,7 @@ use handoff_tests::backend::Backend;
 use handoff_tests::proxy::Proxy;
 use handoff_tests::request::{self, get, wait_for, Conn};
 use http::{Method, Request, StatusCode};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn switch_to(addr: &str) -> SetBackend {
     SetBackend {
@@ -89,8 +89,9 @@ async fn switch_moves_new_requests_and_keepalive_connections_follow() {
 async fn switch_waits_for_slow_requests_on_the_old_backend() {
     let (b1, b2) = (Backend::start("b1").await, Backend::start("b2").await);
     let p = Proxy::start(&["--backend", &b1.addr_string()]).await;
+    let addr = p.http;
     let slow: Vec<_> = (0..5)
-        .map(|_| tokio::spawn(async move { get(p.http, "/slow?ms=3000").await }))
+        .map(|_| tokio::spawn(async move { get(addr, "/slow?ms=3000").await }))
         .collect();
     wait_for(
         "5 slow requests in flight",
@@ -99,40 +100,74 @@ async fn switch_waits_for_slow_requests_on_the_old_backend() {
     )
     .await;
 
-    let client = p.client();
-    let target = b2.addr_string();
-    let started = Instant::now();
-    let switch = tokio::spawn(async move { client.set_backend(&switch_to(&target)).await });
-
-    // While the switch waits for the drain, new requests already go to b2.
-    wait_for("switch to b2", Duration::from_secs(10), async || {
-        status(&p).await.backend == Some(b2.addr_string())
-    })
-    .await;
-    assert_eq!(get(p.http, "/").await.body, "b2");
-    let s = status(&p).await;
-    assert_eq!(s.draining.len(), 1, "{s:?}");
-    assert_eq!(s.draining[0].in_flight, 5);
-    assert!(
-        !switch.is_finished(),
-        "the switch returned before the old generation drained"
-    );
-
-    let r = switch.await.unwrap().unwrap();
-    assert!(r.drained, "{r:?}");
-    assert_eq!(r.in_flight, 0);
+    let r = p
+        .client()
+        .set_backend(&switch_to(&b2.addr_string()))
+        .await
+        .unwrap();
+    // The answer comes only once b1 has nothing left to do.
     assert_eq!(
         b1.active(),
         0,
         "switch returned while b1 still had requests"
     );
+    assert!(r.drained, "{r:?}");
+    assert_eq!(r.in_flight, 0);
     for s in slow {
         let reply = s.await.unwrap();
         assert_eq!((reply.status, reply.body.as_str()), (StatusCode::OK, "b1"));
     }
-    // The answer came after the slow requests: it waited for them.
-    assert!(r.drain_ms > 0 && started.elapsed() >= Duration::from_millis(r.drain_ms));
+    assert_eq!(get(p.http, "/").await.body, "b2");
     assert!(status(&p).await.draining.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_draining_new_requests_go_to_the_new_backend_and_the_put_waits() {
+    let (b1, b2) = (Backend::start("b1").await, Backend::start("b2").await);
+    let p = Proxy::start(&["--backend", &b1.addr_string()]).await;
+    let addr = p.http;
+    // These requests end only when the test opens b1's gate: no timing involved.
+    let held: Vec<_> = (0..5)
+        .map(|_| tokio::spawn(async move { get(addr, "/hold").await }))
+        .collect();
+    wait_for(
+        "5 held requests in flight",
+        Duration::from_secs(10),
+        async || status(&p).await.in_flight == 5,
+    )
+    .await;
+
+    let client = p.client();
+    let target = b2.addr_string();
+    let switch = tokio::spawn(async move { client.set_backend(&switch_to(&target)).await });
+    wait_for("switch to b2", Duration::from_secs(10), async || {
+        status(&p).await.backend == Some(b2.addr_string())
+    })
+    .await;
+    for _ in 0..3 {
+        assert_eq!(get(p.http, "/").await.body, "b2");
+    }
+    let s = status(&p).await;
+    assert_eq!(s.draining.len(), 1, "{s:?}");
+    assert_eq!(
+        (s.draining[0].backend.as_str(), s.draining[0].in_flight),
+        (b1.addr_string().as_str(), 5)
+    );
+    assert!(
+        !switch.is_finished(),
+        "the PUT answered before the old generation drained"
+    );
+    assert!(held.iter().all(|h| !h.is_finished()));
+
+    b1.open_gate();
+    let r = switch.await.unwrap().unwrap();
+    assert!(r.drained && r.in_flight == 0, "{r:?}");
+    for h in held {
+        let reply = h.await.unwrap();
+        assert_eq!((reply.status, reply.body.as_str()), (StatusCode::OK, "b1"));
+    }
+    assert_eq!(b1.active(), 0);
+    assert_eq!(b2.requests(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
