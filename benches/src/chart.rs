@@ -28,17 +28,17 @@ pub fn draw(path: &Path, reports: &[&CutoverReport]) -> Result<()> {
         .iter()
         .flat_map(|r| r.series.iter().map(|b| b.rps))
         .fold(1.0, f64::max)
-        * 1.15;
+        * 1.5; // headroom for the legend above the data
     let fail_max = reports
         .iter()
         .flat_map(|r| r.series.iter().map(|b| b.failed as f64 * 10.0))
         .fold(0.0, f64::max);
-    let y_top = rps_max.max(fail_max * 1.1);
+    let y_top = rps_max.max(fail_max * 1.4);
     let p99_max = reports
         .iter()
         .flat_map(|r| r.series.iter().map(|b| b.p99_ms))
         .fold(1.0, f64::max)
-        * 1.15;
+        * 1.5;
     // Only the time load was offered; later buckets hold stragglers only.
     let shown = |r: &&CutoverReport| {
         let end = r.timeline.end_ms;
@@ -95,7 +95,7 @@ pub fn draw(path: &Path, reports: &[&CutoverReport]) -> Result<()> {
         .label("failed/s")
         .legend(|(x, y)| Circle::new((x + 9, y), 3, RED.filled()));
         top.configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
+            .position(SeriesLabelPosition::UpperRight)
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
             .draw()
@@ -129,6 +129,7 @@ pub fn draw(path: &Path, reports: &[&CutoverReport]) -> Result<()> {
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], MAGENTA));
         bottom
             .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
             .draw()
