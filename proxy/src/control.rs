@@ -57,9 +57,29 @@ pub struct Access {
 }
 
 impl Access {
-    fn allows(&self, uid: u32, gid: u32) -> bool {
-        uid == 0 || uid == self.own_uid || self.group == Some(gid)
+    /// `pid` lets a member of `--control-group` in through a supplementary
+    /// group too (a CI user is rarely in the group as its primary one).
+    fn allows(&self, uid: u32, gid: u32, pid: Option<i32>) -> bool {
+        if uid == 0 || uid == self.own_uid {
+            return true;
+        }
+        let Some(group) = self.group else {
+            return false;
+        };
+        group == gid || pid.is_some_and(|pid| supplementary_groups(pid).contains(&group))
     }
+}
+
+/// The supplementary groups of a process, from `/proc/PID/status`. Read when
+/// the connection is accepted, while the peer is alive and connected.
+fn supplementary_groups(pid: i32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find_map(|l| l.strip_prefix("Groups:"))?;
+            Some(line.split_whitespace().filter_map(|g| g.parse().ok()).collect())
+        })
+        .unwrap_or_default()
 }
 
 /// Binds the socket so it is never reachable with looser permissions: it is
@@ -130,7 +150,7 @@ impl Control {
     async fn connection(self: Arc<Self>, stream: UnixStream) {
         let peer = stream.peer_cred().ok();
         let (uid, gid) = peer.map_or((u32::MAX, u32::MAX), |c| (c.uid(), c.gid()));
-        let allowed = self.access.allows(uid, gid);
+        let allowed = self.access.allows(uid, gid, peer.and_then(|c| c.pid()));
         let service = hyper::service::service_fn(move |req| {
             let this = Arc::clone(&self);
             async move {

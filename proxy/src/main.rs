@@ -59,6 +59,9 @@ fn main() -> Result<()> {
         .build()?;
     let shutdown = {
         let _in_runtime = runtime.enter();
+        if config.tls.is_none() {
+            ignore_hangup()?;
+        }
         shutdown_signal()?
     };
     runtime.block_on(async move {
@@ -111,6 +114,18 @@ fn parse_cli() -> Result<Cli> {
         )
     })?;
     Ok(Cli::from_arg_matches(&matches)?)
+}
+
+/// SIGHUP reloads certificates when TLS is on. Without TLS it must still not
+/// end the proxy (the default action), since `systemctl reload` sends it.
+fn ignore_hangup() -> std::io::Result<()> {
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: nothing to reload (TLS is off)");
+        }
+    });
+    Ok(())
 }
 
 /// Installs the SIGTERM/SIGINT handlers now (not at first poll), so a signal

@@ -136,3 +136,27 @@ async fn the_control_group_is_let_in_and_its_switch_is_logged_with_its_uid() {
         .unwrap_or_else(|| panic!("no switch logged:\n{log}"));
     assert!(switched.contains(&format!("uid={NOBODY}")), "{switched}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_supplementary_member_of_the_control_group_is_let_in() {
+    assert_eq!(current_uid(), 0, "this test switches uid and so must run as root");
+    let b1 = Backend::start("b1").await;
+    let p = Proxy::start(&["--backend", &b1.addr_string(), "--control-group", "65534"]).await;
+    open_dir(&p.dir);
+    // Primary group 4242; the control group only as a supplementary one.
+    let run = |groups: &str| {
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=4242", groups, "--"])
+            .args(["curl", "-sS", "--max-time", "20", "-w", "\n%{http_code}", "--unix-socket"])
+            .arg(&p.control)
+            .arg("http://localhost/v1/status")
+            .output()
+            .expect("setpriv and curl are installed");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let member = run("--groups=65534");
+    assert!(member.ends_with("\n200"), "supplementary member refused: {member}");
+    // Without the group it is kept out.
+    let outsider = run("--clear-groups");
+    assert!(!outsider.ends_with("\n200"), "outsider let in: {outsider}");
+}

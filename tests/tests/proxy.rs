@@ -415,6 +415,13 @@ async fn sigterm_lets_the_in_flight_request_finish() {
     let b1 = Backend::start("b1").await;
     let mut p = Proxy::start(&["--backend", &b1.addr_string()]).await;
     let addr = p.http;
+    // SIGHUP (systemctl reload) without TLS is logged, never a way to die.
+    p.signal("HUP");
+    wait_for("SIGHUP logged", Duration::from_secs(10), async || {
+        p.log_text().contains("SIGHUP")
+    })
+    .await;
+    assert_eq!(get(addr, "/").await.body, "b1");
     let slow = tokio::spawn(async move { get(addr, "/slow?ms=2000").await });
     wait_for(
         "slow request in flight",
