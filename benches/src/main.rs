@@ -5,6 +5,7 @@
 mod backend;
 mod chart;
 mod loadgen;
+mod minproxy;
 mod procs;
 mod report;
 mod scenarios;
@@ -49,6 +50,8 @@ struct Cli {
 enum Cmd {
     /// The upstream the scenarios proxy to (started by the harness itself).
     Backend(backend::BackendArgs),
+    /// A bare hyper reverse proxy (reference target `hyper-min` in steady).
+    Minproxy(minproxy::MinProxyArgs),
     /// Throughput and latency: direct vs handoff-proxy vs nginx (vs HAProxy).
     Steady(SteadyArgs),
     /// handoff-proxy under load while the backend is replaced every interval.
@@ -71,8 +74,10 @@ enum Cmd {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    if let Cmd::Backend(args) = cli.command {
-        return backend::run(args);
+    match cli.command {
+        Cmd::Backend(args) => return backend::run(args),
+        Cmd::Minproxy(args) => return minproxy::run(args),
+        _ => {}
     }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -105,7 +110,7 @@ fn main() -> Result<()> {
 
 async fn dispatch(common: &Common, cmd: Cmd) -> Result<()> {
     match cmd {
-        Cmd::Backend(_) => unreachable!("handled before the runtime starts"),
+        Cmd::Backend(_) | Cmd::Minproxy(_) => unreachable!("handled before the runtime starts"),
         Cmd::Steady(args) => run_steady(common, &args).await,
         Cmd::Switch(args) => run_cutover(common, &args, "switch").await,
         Cmd::Seed(args) => run_cutover(common, &args, "seed").await,

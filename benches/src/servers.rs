@@ -314,3 +314,37 @@ fn supports_flag(bin: &std::path::Path, flag: &str) -> bool {
         .map(|o| String::from_utf8_lossy(&o.stdout).contains(flag))
         .unwrap_or(false)
 }
+
+/// `handoff-bench minproxy`: a bare hyper proxy, the floor for any hyper-based
+/// proxy on this machine.
+#[derive(Debug)]
+pub struct MinProxy {
+    proc: Proc,
+    pub addr: SocketAddr,
+}
+
+impl MinProxy {
+    pub fn start(upstream: SocketAddr) -> Result<MinProxy> {
+        let mut cmd = Command::new(std::env::current_exe()?);
+        cmd.args(["minproxy", "--upstream", &upstream.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut proc = Proc::spawn("minproxy", &mut cmd)?;
+        let line = proc.ready_line("handoff-bench minproxy ready ", START_TIMEOUT)?;
+        let addr = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("addr="))
+            .and_then(|a| a.parse().ok())
+            .with_context(|| format!("minproxy ready line without addr: {line}"))?;
+        Ok(MinProxy { proc, addr })
+    }
+
+    pub fn rss_kb(&self) -> u64 {
+        self.proc.rss_kb()
+    }
+
+    pub fn cpu_ms(&self) -> f64 {
+        self.proc.cpu_ms()
+    }
+}

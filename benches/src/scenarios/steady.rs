@@ -6,7 +6,7 @@ use super::{blocking, unavailable, Common};
 use crate::loadgen::{self, LoadSpec, Mode, Stream};
 use crate::procs::{cpu_ms_tree, find_tool, Backend};
 use crate::report::{self, ms, table, Machine};
-use crate::servers::{missing_nginx, HandoffProxy, Haproxy, Nginx};
+use crate::servers::{missing_nginx, HandoffProxy, Haproxy, MinProxy, Nginx};
 use crate::stats::{summarize, Summary};
 use crate::wrk::{self, WrkFigures};
 use anyhow::Result;
@@ -22,7 +22,8 @@ pub struct SteadyArgs {
     /// Interleaved rounds over all targets; the table shows the median.
     #[arg(long, default_value_t = 1)]
     pub rounds: usize,
-    /// Only these targets (direct is always measured: it is the baseline).
+    /// Only these targets (direct is always measured: it is the baseline);
+    /// `hyper-min` adds a bare hyper proxy as a reference point.
     #[arg(long, value_delimiter = ',', default_value = "handoff,nginx,haproxy")]
     pub targets: Vec<String>,
     /// Open-loop pass at this fraction of the slowest target's closed-loop
@@ -74,6 +75,7 @@ enum Server {
     Handoff(HandoffProxy),
     Nginx(Nginx),
     Haproxy(Haproxy),
+    MinProxy(MinProxy),
 }
 
 struct Target {
@@ -89,6 +91,7 @@ impl Target {
             Server::Handoff(p) => Some(p.cpu_ms()),
             Server::Nginx(p) => Some(p.cpu_ms()),
             Server::Haproxy(p) => Some(p.cpu_ms()),
+            Server::MinProxy(p) => Some(p.cpu_ms()),
         }
     }
 
@@ -98,6 +101,7 @@ impl Target {
             Server::Handoff(p) => Some(p.rss_kb()),
             Server::Nginx(p) => Some(p.rss_kb()),
             Server::Haproxy(p) => Some(p.rss_kb()),
+            Server::MinProxy(p) => Some(p.rss_kb()),
         }
     }
 }
@@ -146,6 +150,14 @@ pub async fn run(common: &Common, args: &SteadyArgs) -> Result<SteadyReport> {
         });
     } else {
         missing.push("haproxy not installed (optional: apt-get install -y haproxy)".into());
+    }
+    if want("hyper-min") {
+        let p = blocking(move || MinProxy::start(addr)).await?;
+        targets.push(Target {
+            name: "hyper-min",
+            addr: p.addr,
+            server: Server::MinProxy(p),
+        });
     }
 
     let mut rows = Vec::new();
