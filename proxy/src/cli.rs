@@ -13,11 +13,16 @@ use std::time::Duration;
 pub struct Cli {
     /// TOML file with any of these settings (keys are the long flag names);
     /// a flag or env var overrides the file.
-    #[arg(long, env = "HANDOFF_CONFIG", value_name = "FILE")]
+    #[arg(
+        long,
+        env = "HANDOFF_CONFIG",
+        value_name = "FILE",
+        help_heading = "Control and state"
+    )]
     pub config: Option<PathBuf>,
 
     /// Admin listener for GET /metrics (Prometheus) and GET /healthz; `off` disables it.
-    #[arg(long, env = "HANDOFF_ADMIN", default_value = "127.0.0.1:9180", value_parser = admin_addr, value_name = "ADDR")]
+    #[arg(long, env = "HANDOFF_ADMIN", default_value = "127.0.0.1:9180", value_parser = admin_addr, value_name = "ADDR", help_heading = "Listeners")]
     pub admin: Admin,
 
     /// Log format on stderr: text or json (one access-log line per request either way).
@@ -25,7 +30,8 @@ pub struct Cli {
         long,
         env = "HANDOFF_LOG_FORMAT",
         default_value = "text",
-        value_name = "FORMAT"
+        value_name = "FORMAT",
+        help_heading = "Logging"
     )]
     pub log_format: LogFormat,
 
@@ -34,16 +40,22 @@ pub struct Cli {
         long,
         env = "HANDOFF_HTTP",
         default_value = "0.0.0.0:80",
-        value_name = "ADDR"
+        value_name = "ADDR",
+        help_heading = "Listeners"
     )]
     pub http: SocketAddr,
 
     /// Control API Unix socket (HTTP/1.1 + JSON; created with mode 0600).
-    #[arg(long, env = handoff_shared::CONTROL_SOCKET_ENV, default_value = handoff_shared::DEFAULT_CONTROL_SOCKET, value_name = "PATH")]
+    #[arg(long, env = handoff_shared::CONTROL_SOCKET_ENV, default_value = handoff_shared::DEFAULT_CONTROL_SOCKET, value_name = "PATH", help_heading = "Control and state")]
     pub control: PathBuf,
 
     /// Group (name or gid) also allowed on the control socket; makes it mode 0660.
-    #[arg(long, env = "HANDOFF_CONTROL_GROUP", value_name = "GROUP")]
+    #[arg(
+        long,
+        env = "HANDOFF_CONTROL_GROUP",
+        value_name = "GROUP",
+        help_heading = "Control and state"
+    )]
     pub control_group: Option<String>,
 
     /// File that keeps the active backend across restarts.
@@ -51,28 +63,34 @@ pub struct Cli {
         long,
         env = "HANDOFF_STATE",
         default_value = "/var/lib/handoff/state.json",
-        value_name = "PATH"
+        value_name = "PATH",
+        help_heading = "Control and state"
     )]
     pub state: PathBuf,
 
     /// Backend HOST:PORT to use when the state file names none.
-    #[arg(long, env = "HANDOFF_BACKEND", value_name = "HOST:PORT")]
+    #[arg(
+        long,
+        env = "HANDOFF_BACKEND",
+        value_name = "HOST:PORT",
+        help_heading = "Backend and drain"
+    )]
     pub backend: Option<String>,
 
     /// How long a switch or shutdown waits for in-flight requests.
-    #[arg(long, env = "HANDOFF_DRAIN_TIMEOUT", default_value = "30s", value_parser = duration, value_name = "DURATION")]
+    #[arg(long, env = "HANDOFF_DRAIN_TIMEOUT", default_value = "30s", value_parser = duration, value_name = "DURATION", help_heading = "Backend and drain")]
     pub drain_timeout: Duration,
 
     /// How long a backend may take to answer before the client gets 504.
-    #[arg(long, env = "HANDOFF_UPSTREAM_TIMEOUT", default_value = "60s", value_parser = duration, value_name = "DURATION")]
+    #[arg(long, env = "HANDOFF_UPSTREAM_TIMEOUT", default_value = "60s", value_parser = duration, value_name = "DURATION", help_heading = "Backend and drain")]
     pub upstream_timeout: Duration,
 
     /// How long connecting to a backend may take before the client gets 502.
-    #[arg(long, env = "HANDOFF_UPSTREAM_CONNECT_TIMEOUT", default_value = "5s", value_parser = duration, value_name = "DURATION")]
+    #[arg(long, env = "HANDOFF_UPSTREAM_CONNECT_TIMEOUT", default_value = "5s", value_parser = duration, value_name = "DURATION", help_heading = "Backend and drain")]
     pub upstream_connect_timeout: Duration,
 
     /// A client must send a complete request head within this time.
-    #[arg(long, env = "HANDOFF_HEADER_TIMEOUT", default_value = "10s", value_parser = duration, value_name = "DURATION")]
+    #[arg(long, env = "HANDOFF_HEADER_TIMEOUT", default_value = "10s", value_parser = duration, value_name = "DURATION", help_heading = "Client limits")]
     pub header_timeout: Duration,
 
     /// TLS listen address; on when certificates are given.
@@ -80,7 +98,8 @@ pub struct Cli {
         long,
         env = "HANDOFF_HTTPS",
         default_value = "0.0.0.0:443",
-        value_name = "ADDR"
+        value_name = "ADDR",
+        help_heading = "Listeners"
     )]
     pub https: SocketAddr,
 
@@ -89,7 +108,8 @@ pub struct Cli {
         long,
         env = "HANDOFF_TLS_CERT",
         value_delimiter = ',',
-        value_name = "PATH"
+        value_name = "PATH",
+        help_heading = "TLS"
     )]
     pub tls_cert: Vec<PathBuf>,
 
@@ -98,16 +118,22 @@ pub struct Cli {
         long,
         env = "HANDOFF_TLS_KEY",
         value_delimiter = ',',
-        value_name = "PATH"
+        value_name = "PATH",
+        help_heading = "TLS"
     )]
     pub tls_key: Vec<PathBuf>,
 
     /// Directory of NAME.crt + NAME.key pairs, loaded after --tls-cert (default: none).
-    #[arg(long, env = "HANDOFF_TLS_DIR", value_name = "DIR")]
+    #[arg(
+        long,
+        env = "HANDOFF_TLS_DIR",
+        value_name = "DIR",
+        help_heading = "TLS"
+    )]
     pub tls_dir: Option<PathBuf>,
 
     /// Answer plain HTTP with 308 to https (needs TLS); default off.
-    #[arg(long, env = "HANDOFF_REDIRECT_HTTPS")]
+    #[arg(long, env = "HANDOFF_REDIRECT_HTTPS", help_heading = "TLS")]
     pub redirect_https: bool,
 
     /// Path prefix still forwarded over plain HTTP with --redirect-https; repeatable.
@@ -116,28 +142,29 @@ pub struct Cli {
         env = "HANDOFF_REDIRECT_EXEMPT",
         value_delimiter = ',',
         default_value = "/.well-known/acme-challenge/",
-        value_name = "PREFIX"
+        value_name = "PREFIX",
+        help_heading = "TLS"
     )]
     pub redirect_exempt: Vec<String>,
 
     /// Send Strict-Transport-Security with this max-age on https (default: not sent).
-    #[arg(long, env = "HANDOFF_HSTS_MAX_AGE", value_parser = duration, value_name = "DURATION")]
+    #[arg(long, env = "HANDOFF_HSTS_MAX_AGE", value_parser = duration, value_name = "DURATION", help_heading = "TLS")]
     pub hsts_max_age: Option<Duration>,
 
     /// A TLS handshake must finish within this time.
-    #[arg(long, env = "HANDOFF_TLS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = duration, value_name = "DURATION")]
+    #[arg(long, env = "HANDOFF_TLS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = duration, value_name = "DURATION", help_heading = "TLS")]
     pub tls_handshake_timeout: Duration,
 
     /// A client connection that moves no byte for this long is closed.
-    #[arg(long, env = "HANDOFF_IDLE_TIMEOUT", default_value = "75s", value_parser = duration, value_name = "DURATION")]
+    #[arg(long, env = "HANDOFF_IDLE_TIMEOUT", default_value = "75s", value_parser = duration, value_name = "DURATION", help_heading = "Client limits")]
     pub idle_timeout: Duration,
 
     /// Largest request head; bigger ones get 431 (minimum 8KiB).
-    #[arg(long, env = "HANDOFF_MAX_HEADER_SIZE", default_value = "32KiB", value_parser = size, value_name = "SIZE")]
+    #[arg(long, env = "HANDOFF_MAX_HEADER_SIZE", default_value = "32KiB", value_parser = size, value_name = "SIZE", help_heading = "Client limits")]
     pub max_header_size: u64,
 
     /// Largest request body; bigger ones get 413.
-    #[arg(long, env = "HANDOFF_MAX_BODY", default_value = "10MiB", value_parser = size, value_name = "SIZE")]
+    #[arg(long, env = "HANDOFF_MAX_BODY", default_value = "10MiB", value_parser = size, value_name = "SIZE", help_heading = "Client limits")]
     pub max_body: u64,
 
     /// Client connections served at once; more wait to be accepted.
@@ -145,12 +172,19 @@ pub struct Cli {
         long,
         env = "HANDOFF_MAX_CONNECTIONS",
         default_value = "10000",
-        value_name = "N"
+        value_name = "N",
+        help_heading = "Client limits"
     )]
     pub max_connections: usize,
 
     /// Log filter, RUST_LOG syntax.
-    #[arg(long, env = "RUST_LOG", default_value = "info", value_name = "FILTER")]
+    #[arg(
+        long,
+        env = "RUST_LOG",
+        default_value = "info",
+        value_name = "FILTER",
+        help_heading = "Logging"
+    )]
     pub log: String,
 }
 
