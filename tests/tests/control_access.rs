@@ -139,7 +139,11 @@ async fn the_control_group_is_let_in_and_its_switch_is_logged_with_its_uid() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_supplementary_member_of_the_control_group_is_let_in() {
-    assert_eq!(current_uid(), 0, "this test switches uid and so must run as root");
+    assert_eq!(
+        current_uid(),
+        0,
+        "this test switches uid and so must run as root"
+    );
     let b1 = Backend::start("b1").await;
     let p = Proxy::start(&["--backend", &b1.addr_string(), "--control-group", "65534"]).await;
     open_dir(&p.dir);
@@ -147,7 +151,15 @@ async fn a_supplementary_member_of_the_control_group_is_let_in() {
     let run = |groups: &str| {
         let out = Command::new("setpriv")
             .args(["--reuid=65534", "--regid=4242", groups, "--"])
-            .args(["curl", "-sS", "--max-time", "20", "-w", "\n%{http_code}", "--unix-socket"])
+            .args([
+                "curl",
+                "-sS",
+                "--max-time",
+                "20",
+                "-w",
+                "\n%{http_code}",
+                "--unix-socket",
+            ])
             .arg(&p.control)
             .arg("http://localhost/v1/status")
             .output()
@@ -155,8 +167,52 @@ async fn a_supplementary_member_of_the_control_group_is_let_in() {
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let member = run("--groups=65534");
-    assert!(member.ends_with("\n200"), "supplementary member refused: {member}");
+    assert!(
+        member.ends_with("\n200"),
+        "supplementary member refused: {member}"
+    );
     // Without the group it is kept out.
     let outsider = run("--clear-groups");
     assert!(!outsider.ends_with("\n200"), "outsider let in: {outsider}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_or_oversized_control_client_is_cut() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let p = Proxy::start(&[]).await;
+    // Half a request head, then silence: cut after the 10 s idle limit.
+    let mut idle = tokio::net::UnixStream::connect(&p.control).await.unwrap();
+    idle.write_all(b"GET /v1/status HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let closed = tokio::time::timeout(
+        std::time::Duration::from_secs(40),
+        idle.read_to_end(&mut out),
+    )
+    .await;
+    assert!(closed.is_ok(), "an idle control client was never cut");
+    // A body over 64 KiB is refused with 413 and changes nothing.
+    let big = format!(
+        r#"{{"addr":"127.0.0.1:1","pad":"{}"}}"#,
+        "x".repeat(70 * 1024)
+    );
+    let r = request::control(&p.control, "PUT", "/v1/backend", big).await;
+    match r {
+        Ok(reply) => assert_eq!(
+            reply.status,
+            http::StatusCode::PAYLOAD_TOO_LARGE,
+            "{}",
+            reply.body
+        ),
+        // hyper may close before the whole body is written; that is a refusal too.
+        Err(e) => assert!(
+            e.contains("connection")
+                || e.contains("closed")
+                || e.contains("reset")
+                || e.contains("broken"),
+            "{e}"
+        ),
+    }
+    assert_eq!(p.client().status().await.unwrap().backend, None);
 }

@@ -6,7 +6,7 @@ use handoff_tests::backend::Backend;
 use handoff_tests::proxy::Proxy;
 use handoff_tests::request::{self, raw, status_line};
 use http::StatusCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -192,7 +192,6 @@ async fn slowloris_is_cut_at_the_header_timeout_while_others_are_served() {
     slow.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n")
         .await
         .unwrap();
-    let started = Instant::now();
     // One header line every 300 ms: never a complete head.
     let dripper = tokio::spawn(async move {
         for i in 0..40 {
@@ -218,14 +217,11 @@ async fn slowloris_is_cut_at_the_header_timeout_while_others_are_served() {
     let mut rest = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut rest)).await;
     let text = String::from_utf8_lossy(&rest);
+    // 40 drips span 12 s; a 1 s header timeout cuts the client long before.
     assert!(drips < 40, "the slow client was never cut");
     assert!(
         text.is_empty() || text.starts_with("HTTP/1.1 408"),
         "{text}"
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(12),
-        "cut long after the timeout"
     );
     assert_eq!(
         b.requests(),
