@@ -202,6 +202,7 @@ pub struct Accept {
     pub permits: Arc<Semaphore>,
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Accepts until `shutdown` flips. Switches never touch these connections:
@@ -247,10 +248,17 @@ pub async fn serve(
                 Some(tls) => {
                     match tokio::time::timeout(accept.handshake_timeout, tls.accept(stream)).await {
                         Ok(Ok(stream)) => {
+                            accept.metrics.tls_handshake(true);
                             serve_connection(stream, peer, scheme, front, &accept, watcher).await
                         }
-                        Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                        Ok(Err(e)) => {
+                            accept.metrics.tls_handshake(false);
+                            tracing::debug!(error = %e, %peer, "TLS handshake failed")
+                        }
+                        Err(_) => {
+                            accept.metrics.tls_handshake(false);
+                            tracing::debug!(%peer, "TLS handshake timed out")
+                        }
                     }
                 }
             }
@@ -330,6 +338,7 @@ pub fn start(
         permits: Arc::new(Semaphore::new(limits.max_connections)),
         handshake_timeout: limits.handshake_timeout,
         idle_timeout: limits.idle_timeout,
+        metrics: Arc::clone(&forwarder.metrics),
     });
     let graceful = Arc::new(GracefulShutdown::new());
     let settings = config.tls.as_ref();

@@ -552,3 +552,60 @@ async fn rsa_and_ec_keys_in_pkcs1_pkcs8_and_sec1_over_tls_1_2_and_1_3() {
     .expect("a bad key must stop startup");
     assert!(err.contains("junk.key"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_and_garbage_handshakes_are_cut_and_counted() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (dir, ca, b1) = (
+        TempDir::new("tls"),
+        TestCa::new(),
+        Backend::start("b1").await,
+    );
+    let (p, _) = tls_proxy(
+        &dir,
+        &ca,
+        &b1,
+        &[("app", &["app.test"])],
+        &["--tls-handshake-timeout", "1s"],
+    )
+    .await;
+    let https = p.https.unwrap();
+    // Says nothing at all: cut at the handshake timeout.
+    let mut silent = tokio::net::TcpStream::connect(https).await.unwrap();
+    // Speaks plain HTTP to the TLS port: refused at once.
+    let mut plain = tokio::net::TcpStream::connect(https).await.unwrap();
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        .await
+        .unwrap();
+    // A real client is served meanwhile.
+    assert_eq!(
+        tls::get(&ca.client(&[b"h2"]), https, "app.test", "/")
+            .await
+            .body,
+        "b1"
+    );
+    for s in [&mut silent, &mut plain] {
+        let mut sink = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut sink)).await;
+        assert!(
+            closed.is_ok(),
+            "a stalled or garbage TLS client was never cut"
+        );
+    }
+    assert_eq!(b1.requests(), 1);
+    let metrics = request::get(p.admin.expect("admin listener"), "/metrics")
+        .await
+        .body;
+    let count = |result: &str| {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("handoff_tls_handshakes_total")
+                    && l.contains(&format!("result=\"{result}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!((count("ok"), count("error")), (1, 2), "{metrics}");
+}
