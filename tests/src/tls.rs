@@ -1,7 +1,10 @@
 //! A certificate authority made in the test, and TLS clients that trust only
 //! it: real handshakes against the real proxy, nothing skipped or mocked.
 
+use crate::backend::Backend;
+use crate::proxy::Proxy;
 use crate::request::Reply;
+use crate::TempDir;
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full};
@@ -199,4 +202,35 @@ pub async fn get(tls: &TlsConnector, addr: SocketAddr, host: &str, path: &str) -
         .await
         .expect("request timed out")
         .expect("request failed")
+}
+
+/// Starts the real proxy on TLS (127.0.0.1:0) with one certificate per `(stem, names)`.
+pub async fn start_proxy(
+    dir: &TempDir,
+    ca: &TestCa,
+    backend: &Backend,
+    certs: &[(&str, &[&str])],
+    extra: &[&str],
+) -> (Proxy, Vec<Leaf>) {
+    let leaves: Vec<_> = certs
+        .iter()
+        .map(|(stem, names)| ca.leaf(dir.path(), stem, names))
+        .collect();
+    let mut args: Vec<String> = vec![
+        "--backend".into(),
+        backend.addr_string(),
+        "--https".into(),
+        "127.0.0.1:0".into(),
+    ];
+    for leaf in &leaves {
+        args.extend([
+            "--tls-cert".into(),
+            leaf.cert.display().to_string(),
+            "--tls-key".into(),
+            leaf.key.display().to_string(),
+        ]);
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    (Proxy::start(&args).await, leaves)
 }
