@@ -119,7 +119,9 @@ async fn dispatch(common: &Common, cmd: Cmd) -> Result<()> {
             let steady_args = SteadyArgs {
                 conns: vec![64, 256],
                 rounds,
-                targets: vec!["handoff".into(), "nginx".into(), "haproxy".into()],
+                targets: ["handoff", "nginx", "haproxy", "hyper-min"]
+                    .map(String::from)
+                    .to_vec(),
                 open_fraction: 0.5,
             };
             run_steady(common, &steady_args).await?;

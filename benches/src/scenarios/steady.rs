@@ -24,7 +24,11 @@ pub struct SteadyArgs {
     pub rounds: usize,
     /// Only these targets (direct is always measured: it is the baseline);
     /// `hyper-min` adds a bare hyper proxy as a reference point.
-    #[arg(long, value_delimiter = ',', default_value = "handoff,nginx,haproxy")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "handoff,nginx,haproxy,hyper-min"
+    )]
     pub targets: Vec<String>,
     /// Open-loop pass at this fraction of the slowest target's closed-loop
     /// throughput at the first connection count (0 skips it).
