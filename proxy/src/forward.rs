@@ -60,10 +60,11 @@ impl Forwarder {
                 self.metrics.upstream_error(UpstreamError::Timeout);
                 return local(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n");
             }
-            Ok(Err(e)) if crate::limits::is_too_large(&e) => {
-                return local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
-            }
             Ok(Err(e)) => {
+                // The client's body, not the backend, failed the exchange.
+                if let Some(r) = crate::limits::body_fault(&e) {
+                    return local(r.status, r.reason);
+                }
                 let kind = if e.is_connect() {
                     UpstreamError::Connect
                 } else {

@@ -286,19 +286,21 @@ impl Body for RequestBody {
     }
 }
 
-/// Whether an upstream failure was the request body hitting the limit.
-pub fn is_too_large(e: &(dyn std::error::Error + 'static)) -> bool {
+/// When an upstream exchange failed because of the client's request body
+/// (over the limit, a bad chunk after the first, a client gone mid-upload),
+/// the answer that says so; `None` when the backend side failed.
+pub fn body_fault(e: &(dyn std::error::Error + 'static)) -> Option<Rejection> {
     let mut cur = Some(e);
     while let Some(err) = cur {
-        if matches!(
-            err.downcast_ref::<BodyError>(),
-            Some(BodyError::TooLarge(_))
-        ) {
-            return true;
+        match err.downcast_ref::<BodyError>() {
+            Some(BodyError::TooLarge(_)) => return Some(too_large()),
+            Some(BodyError::Client(_)) => {
+                return Some(bad("malformed or incomplete request body\n"))
+            }
+            None => cur = err.source(),
         }
-        cur = err.source();
     }
-    false
+    None
 }
 
 /// Parses a byte size: `1048576`, `512KiB`, `10MiB`, `1GiB` (also `k`, `m`, `g`, `KB`...).
