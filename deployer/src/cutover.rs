@@ -165,7 +165,12 @@ impl Cutover<'_> {
             _ = recv(&mut sigint) => Err(Failure::Interrupted { signal: "SIGINT", code: 130 }),
         };
         report.step("health", t.elapsed());
-        if let Err(failure) = waited {
+        // Healthy: from now on it serves, so it must come back after a crash.
+        let ready = match waited {
+            Ok(_) => self.engine.keep_running(new, true).await,
+            Err(failure) => Err(failure),
+        };
+        if let Err(failure) = ready {
             self.give_up(new, on_unhealthy).await;
             return Err(failure);
         }

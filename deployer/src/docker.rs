@@ -8,7 +8,8 @@ use crate::registry_auth;
 use crate::slots::{ContainerInfo, LABEL_APP};
 use bollard::errors::Error as BollardError;
 use bollard::models::{
-    ContainerCreateBody, HostConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum,
+    ContainerCreateBody, ContainerUpdateBody, HostConfig, PortBinding, RestartPolicy,
+    RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
@@ -292,8 +293,11 @@ impl Engine {
             exposed_ports: Some(exposed),
             host_config: Some(HostConfig {
                 port_bindings: Some(bindings),
+                // `no` until it is healthy: a crash then shows as an exit with
+                // its code, not as a restart loop that hides the code.
+                // [`Engine::keep_running`] sets `unless-stopped` before the switch.
                 restart_policy: Some(RestartPolicy {
-                    name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+                    name: Some(RestartPolicyNameEnum::NO),
                     maximum_retry_count: None,
                 }),
                 init: spec.init.then_some(true),
@@ -314,6 +318,27 @@ impl Engine {
                 )
             })?;
         self.start(&spec.name).await
+    }
+
+    /// Sets the restart policy: `unless-stopped` for a container that serves
+    /// (it must come back after a crash or a reboot), `no` while it is on trial.
+    pub async fn keep_running(&self, name: &str, keep: bool) -> Result<()> {
+        let policy = if keep {
+            RestartPolicyNameEnum::UNLESS_STOPPED
+        } else {
+            RestartPolicyNameEnum::NO
+        };
+        let body = ContainerUpdateBody {
+            restart_policy: Some(RestartPolicy {
+                name: Some(policy),
+                maximum_retry_count: None,
+            }),
+            ..Default::default()
+        };
+        self.docker
+            .update_container(name, body)
+            .await
+            .map_err(|e| self.err(&format!("set the restart policy of {name}"), e))
     }
 
     pub async fn start(&self, name: &str) -> Result<()> {

@@ -70,6 +70,8 @@ pub async fn run(
     ));
     if !previous.running {
         let t = Instant::now();
+        // On trial again until healthy; see `Engine::keep_running`.
+        engine.keep_running(&previous.name, false).await?;
         engine.start(&previous.name).await?;
         report.step("start", t.elapsed());
         out.step(format!("started {}", previous.name));

@@ -41,6 +41,20 @@ async fn first_deploy_goes_to_blue_and_serves_through_the_proxy() {
         !ports.trim().is_empty() && ports.lines().all(|l| l.contains("-> 127.0.0.1:")),
         "{ports}"
     );
+    // Live, it restarts after a crash or a reboot (on trial it did not).
+    let policy = std::process::Command::new("docker")
+        .args([
+            "inspect",
+            "-f",
+            "{{.HostConfig.RestartPolicy.Name}}",
+            &env.app.blue(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&policy.stdout).trim(),
+        "unless-stopped"
+    );
     // No TTY here: plain, timestamped progress lines on stderr.
     for line in out.stderr.lines() {
         let ts = line.split_whitespace().next().unwrap_or("");
