@@ -14,8 +14,9 @@ pub struct Exchange {
     metrics: Arc<Metrics>,
     start: Instant,
     method: Method,
-    /// Path without the query string: queries often carry tokens.
-    path: String,
+    /// Path without the query string (queries often carry tokens); `None`
+    /// when the access log is filtered out, so a quiet proxy allocates nothing.
+    path: Option<String>,
     pub status: u16,
     pub bytes: u64,
     pub backend: Option<(http::uri::Authority, u64)>,
@@ -27,7 +28,8 @@ impl Exchange {
             metrics: Arc::clone(metrics),
             start: Instant::now(),
             method: method.clone(),
-            path: path.to_owned(),
+            path: tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO)
+                .then(|| path.to_owned()),
             status: 0,
             bytes: 0,
             backend: None,
@@ -39,6 +41,7 @@ impl Drop for Exchange {
     fn drop(&mut self) {
         let elapsed = self.start.elapsed();
         self.metrics.request_done(self.status, elapsed);
+        let Some(path) = &self.path else { return };
         let (backend, generation) = match &self.backend {
             Some((addr, generation)) => (addr.as_str(), *generation),
             None => ("-", 0),
@@ -46,7 +49,7 @@ impl Drop for Exchange {
         tracing::info!(
             target: ACCESS_TARGET,
             method = %self.method,
-            path = %self.path,
+            path = %path,
             status = self.status,
             bytes = self.bytes,
             duration_ms = %format_args!("{:.3}", elapsed.as_secs_f64() * 1000.0),
