@@ -77,7 +77,11 @@ fn supplementary_groups(pid: i32) -> Vec<u32> {
         .ok()
         .and_then(|status| {
             let line = status.lines().find_map(|l| l.strip_prefix("Groups:"))?;
-            Some(line.split_whitespace().filter_map(|g| g.parse().ok()).collect())
+            Some(
+                line.split_whitespace()
+                    .filter_map(|g| g.parse().ok())
+                    .collect(),
+            )
         })
         .unwrap_or_default()
 }
