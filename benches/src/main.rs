@@ -123,6 +123,7 @@ async fn dispatch(common: &Common, cmd: Cmd) -> Result<()> {
                     .map(String::from)
                     .to_vec(),
                 open_fraction: 0.5,
+                open_rate: None,
             };
             run_steady(common, &steady_args).await?;
             run_cutover(common, &cutover, "switch").await?;

@@ -7,7 +7,7 @@ use crate::loadgen::{self, LoadSpec, Mode, Stream};
 use crate::procs::{cpu_ms_tree, find_tool, Backend};
 use crate::report::{self, ms, table, Machine};
 use crate::servers::{missing_nginx, HandoffProxy, Haproxy, MinProxy, Nginx};
-use crate::stats::{summarize, Summary};
+use crate::stats::{self, summarize, Bucket, Summary};
 use crate::wrk::{self, WrkFigures};
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
@@ -34,6 +34,9 @@ pub struct SteadyArgs {
     /// throughput at the first connection count (0 skips it).
     #[arg(long, default_value_t = 0.5)]
     pub open_fraction: f64,
+    /// Open-loop rate in req/s, instead of the fraction.
+    #[arg(long)]
+    pub open_rate: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -55,6 +58,9 @@ pub struct Row {
     pub backend_cpu_us: f64,
     #[serde(default)]
     pub loadgen_cpu_us: f64,
+    /// Per-100 ms figures of open-loop runs, to see when a stall happened.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub series: Vec<Bucket>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -191,8 +197,12 @@ pub async fn run(common: &Common, args: &SteadyArgs) -> Result<SteadyReport> {
             )
         })
         .fold(f64::INFINITY, f64::min);
-    if args.open_fraction > 0.0 && slowest.is_finite() && slowest > 0.0 {
-        let rate = (slowest * args.open_fraction).round();
+    let rate = match args.open_rate {
+        Some(rate) => rate,
+        None if slowest.is_finite() => (slowest * args.open_fraction).round(),
+        None => 0.0,
+    };
+    if rate > 0.0 {
         measure_all(
             common,
             &backend,
@@ -270,6 +280,10 @@ async fn measure_all(
         );
         let result = loadgen::run(spec(common.duration), Instant::now()).await;
         let summary = summarize(&result.samples, common.duration);
+        let series = match mode {
+            Mode::Open { .. } => stats::series(&result.samples, common.duration),
+            Mode::Closed => Vec::new(),
+        };
         let per_req =
             |after: f64, before: f64| (after - before) * 1000.0 / summary.ok.max(1) as f64;
         let proxy_cpu_us = t.cpu_ms().zip(cpu_before.0).map(|(a, b)| per_req(a, b));
@@ -301,6 +315,7 @@ async fn measure_all(
             proxy_cpu_us,
             backend_cpu_us,
             loadgen_cpu_us,
+            series,
         });
     }
 }
