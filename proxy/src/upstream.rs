@@ -11,6 +11,9 @@ pub type UpstreamClient = Client<HttpConnector, RequestBody>;
 #[derive(Debug, Clone)]
 pub struct UpstreamSettings {
     pub connect_timeout: Duration,
+    /// Idle upstream connections are closed after this. Kept below common
+    /// app-server keep-alive timeouts (Tomcat closes after 20 s), so the
+    /// proxy closes first instead of racing a request against the backend's close.
     pub pool_idle_timeout: Duration,
 }
 
@@ -18,7 +21,7 @@ impl Default for UpstreamSettings {
     fn default() -> Self {
         Self {
             connect_timeout: Duration::from_secs(5),
-            pool_idle_timeout: Duration::from_secs(60),
+            pool_idle_timeout: Duration::from_secs(15),
         }
     }
 }
