@@ -14,7 +14,9 @@ use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -190,7 +192,7 @@ fn load_threads() -> usize {
 }
 
 async fn worker(shared: Arc<Shared>, stream: Stream, next: Arc<AtomicU64>) -> (Vec<Sample>, u64) {
-    let mut conn: Option<SendRequest<Empty<Bytes>>> = None;
+    let mut conn: Option<Conn> = None;
     let mut samples = Vec::new();
     let mut resent = 0;
     loop {
@@ -206,7 +208,13 @@ async fn worker(shared: Arc<Shared>, stream: Stream, next: Arc<AtomicU64>) -> (V
                     break;
                 }
                 if due > Instant::now() {
-                    tokio::time::sleep_until(due.into()).await;
+                    // Keep driving the idle connection: a close by the server
+                    // is noticed now, not on the next request.
+                    let sleep = tokio::time::sleep_until(due.into());
+                    match conn.as_mut() {
+                        Some(c) => driving(sleep, &mut c.driver).await,
+                        None => sleep.await,
+                    }
                     Instant::now()
                 } else {
                     due
@@ -245,30 +253,61 @@ async fn worker(shared: Arc<Shared>, stream: Stream, next: Arc<AtomicU64>) -> (V
     (samples, resent)
 }
 
-async fn connect(addr: SocketAddr) -> Option<SendRequest<Empty<Bytes>>> {
+type Driver = Pin<Box<hyper::client::conn::http1::Connection<TokioIo<TcpStream>, Empty<Bytes>>>>;
+
+/// One keep-alive connection, driven inside the worker's own task: no
+/// connection task, no wake-up hop between two tasks per request.
+struct Conn {
+    sender: SendRequest<Empty<Bytes>>,
+    driver: Option<Driver>,
+}
+
+impl Conn {
+    fn is_usable(&self) -> bool {
+        self.driver.is_some() && !self.sender.is_closed()
+    }
+}
+
+/// Runs `fut` while also polling the connection, so both progress in one task.
+async fn driving<F: Future>(fut: F, driver: &mut Option<Driver>) -> F::Output {
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(|cx| {
+        if let Some(d) = driver.as_mut() {
+            if d.as_mut().poll(cx).is_ready() {
+                *driver = None;
+            }
+        }
+        fut.as_mut().poll(cx)
+    })
+    .await
+}
+
+async fn connect(addr: SocketAddr) -> Option<Conn> {
     let tcp = TcpStream::connect(addr).await.ok()?;
     let _ = tcp.set_nodelay(true);
     let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await
         .ok()?;
-    tokio::spawn(connection);
-    Some(sender)
+    Some(Conn {
+        sender,
+        driver: Some(Box::pin(connection)),
+    })
 }
 
 async fn request(
     shared: &Shared,
     path: &str,
-    conn: &mut Option<SendRequest<Empty<Bytes>>>,
+    conn: &mut Option<Conn>,
     resent: &mut u64,
 ) -> (Outcome, u8) {
     for attempt in 0..2 {
-        if !matches!(conn, Some(c) if !c.is_closed()) {
+        if !matches!(conn, Some(c) if c.is_usable()) {
             *conn = connect(shared.spec.target).await;
         }
-        let Some(sender) = conn.as_mut() else {
+        let Some(Conn { sender, driver }) = conn.as_mut() else {
             return (Outcome::Connect, 0);
         };
-        if sender.ready().await.is_err() {
+        if driving(sender.ready(), driver).await.is_err() {
             // Closed while idle, before anything was sent: reconnect.
             *conn = None;
             continue;
@@ -277,7 +316,7 @@ async fn request(
             .header(http::header::HOST, shared.host.clone())
             .body(Empty::new())
             .expect("static request parts are valid");
-        match sender.send_request(req).await {
+        match driving(sender.send_request(req), driver).await {
             Ok(resp) => {
                 let status = resp.status();
                 let backend = resp
@@ -285,7 +324,7 @@ async fn request(
                     .get(crate::backend::ID_HEADER)
                     .and_then(|v| v.to_str().ok()?.parse().ok())
                     .unwrap_or(0);
-                if resp.into_body().collect().await.is_err() {
+                if driving(resp.into_body().collect(), driver).await.is_err() {
                     *conn = None;
                     return (Outcome::Broken, backend);
                 }
