@@ -38,11 +38,11 @@ impl Router {
     /// and retries on the new generation, or the drain sees this request.
     pub fn acquire(&self) -> Option<InFlight> {
         loop {
-            let generation = self.active.load_full()?;
-            let guard = generation.enter();
+            // The guard holds the only new reference to the generation.
+            let guard = self.active.load().as_ref()?.enter();
             fence(SeqCst);
-            let still_active =
-                matches!(&*self.active.load(), Some(cur) if Arc::ptr_eq(cur, &generation));
+            let still_active = matches!(&*self.active.load(),
+                Some(cur) if Arc::ptr_eq(cur, guard.generation()));
             if still_active {
                 return Some(guard);
             }
