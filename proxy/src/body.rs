@@ -2,6 +2,7 @@
 
 use crate::drain::InFlight;
 use crate::observe::Exchange;
+use crate::upstream::Sender;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -11,21 +12,41 @@ use std::task::{Context, Poll};
 /// Either a backend's streamed body, which keeps its request counted on its
 /// generation until hyper drops it, or a short body the proxy made itself.
 pub enum ProxyBody {
-    Upstream {
-        inner: Incoming,
-        _in_flight: InFlight,
-        exchange: Option<Exchange>,
-    },
+    Upstream(UpstreamBody),
     Local(Option<Bytes>),
 }
 
-impl ProxyBody {
-    pub fn upstream(inner: Incoming, in_flight: InFlight) -> Self {
-        ProxyBody::Upstream {
-            inner,
-            _in_flight: in_flight,
-            exchange: None,
+/// A backend's body on its way to the client.
+pub struct UpstreamBody {
+    inner: Incoming,
+    in_flight: InFlight,
+    exchange: Option<Exchange>,
+    /// The connection it arrives on, when it goes back to the generation's
+    /// pool (HTTP/2 streams): only once the body was read to its end, since
+    /// a connection with half a response on it cannot carry another.
+    lease: Option<Sender>,
+    ended: bool,
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        if let Some(sender) = self.lease.take() {
+            if self.ended || self.inner.is_end_stream() {
+                self.in_flight.generation().pool.checkin(sender);
+            }
         }
+    }
+}
+
+impl ProxyBody {
+    pub fn upstream(inner: Incoming, in_flight: InFlight, lease: Option<Sender>) -> Self {
+        ProxyBody::Upstream(UpstreamBody {
+            inner,
+            in_flight,
+            exchange: None,
+            lease,
+            ended: false,
+        })
     }
 
     pub fn local(bytes: impl Into<Bytes>) -> Self {
@@ -38,20 +59,14 @@ impl ProxyBody {
 
     /// Ties the request's record to this body: it is finished (counted and
     /// logged) when hyper drops the body, that is after the last byte.
-    pub fn finish_with(self, mut exchange: Exchange) -> Self {
-        match self {
-            ProxyBody::Upstream {
-                inner, _in_flight, ..
-            } => ProxyBody::Upstream {
-                inner,
-                _in_flight,
-                exchange: Some(exchange),
-            },
+    pub fn finish_with(mut self, mut exchange: Exchange) -> Self {
+        match &mut self {
+            ProxyBody::Upstream(body) => body.exchange = Some(exchange),
             ProxyBody::Local(bytes) => {
                 exchange.bytes = bytes.as_ref().map_or(0, |b| b.len() as u64);
-                ProxyBody::Local(bytes)
             }
         }
+        self
     }
 }
 
@@ -64,12 +79,14 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            ProxyBody::Upstream {
-                inner, exchange, ..
-            } => {
-                let polled = Pin::new(inner).poll_frame(cx);
-                if let (Poll::Ready(Some(Ok(frame))), Some(exchange)) = (&polled, exchange) {
-                    exchange.bytes += frame.data_ref().map_or(0, |d| d.len() as u64);
+            ProxyBody::Upstream(body) => {
+                let polled = Pin::new(&mut body.inner).poll_frame(cx);
+                match (&polled, &mut body.exchange) {
+                    (Poll::Ready(Some(Ok(frame))), Some(exchange)) => {
+                        exchange.bytes += frame.data_ref().map_or(0, |d| d.len() as u64);
+                    }
+                    (Poll::Ready(None), _) => body.ended = true,
+                    _ => {}
                 }
                 polled
             }
@@ -79,14 +96,14 @@ impl Body for ProxyBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ProxyBody::Upstream { inner, .. } => inner.is_end_stream(),
+            ProxyBody::Upstream(body) => body.inner.is_end_stream(),
             ProxyBody::Local(bytes) => bytes.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ProxyBody::Upstream { inner, .. } => inner.size_hint(),
+            ProxyBody::Upstream(body) => body.inner.size_hint(),
             ProxyBody::Local(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }

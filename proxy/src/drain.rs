@@ -6,7 +6,7 @@
 //! drain waiters when the last request finishes. Nothing on the request path
 //! ever waits for a drain (the kamal-proxy stall we must not repeat).
 
-use crate::upstream::UpstreamClient;
+use crate::upstream::Pool;
 use http::uri::Authority;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
@@ -21,20 +21,20 @@ pub struct Generation {
     pub id: u64,
     /// Parsed once at switch time so the request path never re-parses it.
     pub addr: Authority,
-    /// Upstream connection pool of this generation only: dropping the last
-    /// reference to a drained generation closes its idle upstream connections.
-    pub client: UpstreamClient,
+    /// Upstream connections of this generation only: dropping the last
+    /// reference to a drained generation closes them.
+    pub pool: Pool,
     in_flight: AtomicU64,
     retired: AtomicBool,
     idle: Notify,
 }
 
 impl Generation {
-    pub fn new(id: u64, addr: Authority, client: UpstreamClient) -> Self {
+    pub fn new(id: u64, addr: Authority, pool: Pool) -> Self {
         Self {
             id,
             addr,
-            client,
+            pool,
             in_flight: AtomicU64::new(0),
             retired: AtomicBool::new(false),
             idle: Notify::new(),

@@ -1,13 +1,15 @@
 //! The request path: pick the active generation, forward, stream back.
 
 use crate::body::ProxyBody;
-use crate::drain::InFlight;
+use crate::drain::{Generation, InFlight};
 use crate::headers;
 use crate::limits::RequestBody;
 use crate::metrics::{Metrics, UpstreamError};
 use crate::observe::Exchange;
 use crate::router::Router;
+use crate::upstream::{ConnectError, Pinned, Sender};
 use http::{header, uri, HeaderValue, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,9 +31,12 @@ impl Forwarder {
         req: Request<RequestBody>,
         client: SocketAddr,
         proto: &'static str,
+        pinned: Option<&Pinned>,
     ) -> Response<ProxyBody> {
         let mut exchange = Exchange::start(&self.metrics, req.method(), req.uri().path());
-        let resp = self.forward(req, client, proto, &mut exchange).await;
+        let resp = self
+            .forward(req, client, proto, &mut exchange, pinned)
+            .await;
         exchange.status = resp.status().as_u16();
         resp.map(|body| body.finish_with(exchange))
     }
@@ -42,6 +47,7 @@ impl Forwarder {
         client: SocketAddr,
         proto: &'static str,
         exchange: &mut Exchange,
+        pinned: Option<&Pinned>,
     ) -> Response<ProxyBody> {
         let Some(in_flight) = self.router.acquire() else {
             return local(StatusCode::SERVICE_UNAVAILABLE, "no backend configured\n");
@@ -54,46 +60,103 @@ impl Forwarder {
         }
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
-        let sent = in_flight.generation().client.request(req);
-        let mut resp = match tokio::time::timeout(self.upstream_timeout, sent).await {
+        let sent = send(generation, pinned, req);
+        let (mut resp, sender) = match tokio::time::timeout(self.upstream_timeout, sent).await {
             Err(_) => {
                 self.metrics.upstream_error(UpstreamError::Timeout);
                 return local(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n");
             }
-            Ok(Err(e)) => {
+            Ok(Err(SendError::Connect(e))) => {
+                self.metrics.upstream_error(UpstreamError::Connect);
+                tracing::warn!(backend = %generation.addr, error = %e, "upstream failed");
+                return local(StatusCode::BAD_GATEWAY, "upstream unavailable\n");
+            }
+            Ok(Err(SendError::Exchange(e))) => {
                 // The client's body, not the backend, failed the exchange.
                 if let Some(r) = crate::limits::body_fault(&e) {
                     return local(r.status, r.reason);
                 }
-                let kind = if e.is_connect() {
-                    UpstreamError::Connect
-                } else {
-                    UpstreamError::Reset
-                };
-                self.metrics.upstream_error(kind);
-                tracing::warn!(backend = %in_flight.generation().addr, error = %error_chain(&e), "upstream failed");
+                self.metrics.upstream_error(UpstreamError::Reset);
+                tracing::warn!(backend = %generation.addr, error = %error_chain(&e), "upstream failed");
                 return local(StatusCode::BAD_GATEWAY, "upstream unavailable\n");
             }
-            Ok(Ok(resp)) => resp,
+            Ok(Ok(pair)) => pair,
         };
 
         if let (StatusCode::SWITCHING_PROTOCOLS, Some(client_upgrade)) =
             (resp.status(), client_upgrade)
         {
+            // The connection now belongs to the tunnel; `sender` is spent.
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             tokio::spawn(tunnel(client_upgrade, upstream_upgrade, in_flight));
             return resp.map(|_| ProxyBody::empty());
         }
+        // An HTTP/1 client sends its next request only after this response,
+        // so its pin can take the connection back now; the next request waits
+        // for it to be ready. HTTP/2 streams return it to the pool once the
+        // body has been read to its end.
+        let lease = match pinned {
+            Some(pinned) => {
+                pinned.put(generation.id, sender);
+                None
+            }
+            None => Some(sender),
+        };
         headers::strip_hop_by_hop(resp.headers_mut(), false);
         // hyper frames the client side itself; an HTTP/1.0 backend must not
         // turn the client's keep-alive connection into HTTP/1.0.
         *resp.version_mut() = Version::HTTP_11;
-        resp.map(|body| ProxyBody::upstream(body, in_flight))
+        resp.map(|body| ProxyBody::upstream(body, in_flight, lease))
     }
 }
 
-/// Rewrites the request for the backend: origin on the generation's address,
-/// HTTP/1.1, hop-by-hop headers out, forwarding headers in, `Host` kept.
+enum SendError {
+    Connect(ConnectError),
+    Exchange(hyper::Error),
+}
+
+/// Sends on the client's pinned connection when it belongs to `generation`,
+/// else on one from the generation's pool. A request that a reused
+/// connection could not even start sending (the backend closed it while
+/// idle) is sent again on a new connection, as every HTTP client does.
+async fn send(
+    generation: &Generation,
+    pinned: Option<&Pinned>,
+    req: Request<RequestBody>,
+) -> Result<(Response<Incoming>, Sender), SendError> {
+    let pinned = match pinned.and_then(|p| p.take(generation.id)) {
+        Some(mut sender) => sender.ready().await.is_ok().then_some(sender),
+        None => None,
+    };
+    let (mut sender, reused) = match pinned {
+        Some(sender) => (sender, true),
+        None => generation
+            .pool
+            .checkout()
+            .await
+            .map_err(SendError::Connect)?,
+    };
+    match sender.try_send_request(req).await {
+        Ok(resp) => Ok((resp, sender)),
+        Err(mut e) => match e.take_message() {
+            Some(req) if reused => {
+                let mut sender = generation
+                    .pool
+                    .connect()
+                    .await
+                    .map_err(SendError::Connect)?;
+                match sender.send_request(req).await {
+                    Ok(resp) => Ok((resp, sender)),
+                    Err(e) => Err(SendError::Exchange(e)),
+                }
+            }
+            _ => Err(SendError::Exchange(e.into_error())),
+        },
+    }
+}
+
+/// Rewrites the request for the backend: origin-form target, HTTP/1.1,
+/// hop-by-hop headers out, forwarding headers in, `Host` kept.
 fn prepare(
     req: &mut Request<RequestBody>,
     in_flight: &InFlight,
@@ -109,22 +172,32 @@ fn prepare(
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
     };
-    let mut parts = uri::Parts::default();
-    parts.scheme = Some(uri::Scheme::HTTP);
-    parts.authority = Some(in_flight.generation().addr.clone());
-    parts.path_and_query = Some(
-        req.uri()
+    // Absolute-form (and HTTP/2) targets become origin-form; the usual
+    // origin-form target is left as it is, without a copy.
+    if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+        let path = req
+            .uri()
             .path_and_query()
             .cloned()
-            .unwrap_or_else(|| uri::PathAndQuery::from_static("/")),
-    );
-    *req.uri_mut() = Uri::from_parts(parts).map_err(|_| StatusCode::BAD_REQUEST)?;
+            .unwrap_or_else(|| uri::PathAndQuery::from_static("/"));
+        let mut parts = uri::Parts::default();
+        parts.path_and_query = Some(path);
+        *req.uri_mut() = Uri::from_parts(parts).map_err(|_| StatusCode::BAD_REQUEST)?;
+    }
     *req.version_mut() = Version::HTTP_11;
 
     let headers = req.headers_mut();
     headers::strip_hop_by_hop(headers, upgrade);
-    if let Some(host) = &host {
-        headers.insert(header::HOST, host.clone());
+    match &host {
+        Some(host) => {
+            headers.insert(header::HOST, host.clone());
+        }
+        // An HTTP/1.0 client may send no Host at all; name the backend.
+        None => {
+            if let Ok(v) = HeaderValue::from_str(in_flight.generation().addr.as_str()) {
+                headers.insert(header::HOST, v);
+            }
+        }
     }
     headers::add_forwarded(headers, client.ip(), proto, host);
     Ok(())

@@ -10,6 +10,7 @@
 use crate::body::ProxyBody;
 use crate::forward::{local, Forwarder};
 use crate::limits::{self, BodyError, Limits, Rejection, RequestBody};
+use crate::upstream::Pinned;
 use crate::wire::{ConnFlags, WireIo};
 use http::{header, HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
@@ -94,6 +95,7 @@ impl Front {
         peer: SocketAddr,
         scheme: Scheme,
         flags: &ConnFlags,
+        pinned: &Pinned,
     ) -> Response<ProxyBody> {
         let h1 = req.version() <= Version::HTTP_11;
         if h1 && flags.framing_conflict() {
@@ -141,7 +143,12 @@ impl Front {
                 }
             }
         }
-        let mut resp = self.forwarder.handle(req, peer, scheme.as_str()).await;
+        // HTTP/2 streams run concurrently and cannot share one pinned connection.
+        let pinned = h1.then_some(pinned);
+        let mut resp = self
+            .forwarder
+            .handle(req, peer, scheme.as_str(), pinned)
+            .await;
         if let (Scheme::Https, Some(hsts)) = (scheme, &self.hsts) {
             resp.headers_mut()
                 .entry(header::STRICT_TRANSPORT_SECURITY)
@@ -277,9 +284,16 @@ async fn serve_connection<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (io, flags) = WireIo::new(io, accept.idle_timeout);
+    let pinned = Arc::new(Pinned::default());
+    let router = Arc::clone(&front.forwarder.router);
+    let conn_pinned = Arc::clone(&pinned);
     let service = hyper::service::service_fn(move |req| {
-        let (front, flags) = (Arc::clone(&front), Arc::clone(&flags));
-        async move { Ok::<_, std::convert::Infallible>(front.handle(req, peer, scheme, &flags).await) }
+        let (front, flags, pinned) = (Arc::clone(&front), Arc::clone(&flags), Arc::clone(&pinned));
+        async move {
+            Ok::<_, std::convert::Infallible>(
+                front.handle(req, peer, scheme, &flags, &pinned).await,
+            )
+        }
     });
     let conn = accept
         .builder
@@ -287,6 +301,9 @@ async fn serve_connection<I>(
         .into_owned();
     if let Err(e) = watcher.watch(conn).await {
         tracing::debug!(error = %e, %peer, "client connection ended");
+    }
+    if let Some(active) = router.active() {
+        conn_pinned.release_to(active.id, &active.pool);
     }
 }
 

@@ -53,7 +53,8 @@ impl Router {
     /// generation. Callers wait on [`Router::retired`] for the drain.
     pub fn switch(&self, addr: Authority) -> (Arc<Generation>, Option<Arc<Generation>>) {
         let id = self.next_id.fetch_add(1, SeqCst);
-        let new = Arc::new(Generation::new(id, addr, upstream::client(&self.settings)));
+        let pool = upstream::Pool::new(addr.clone(), self.settings.clone());
+        let new = Arc::new(Generation::new(id, addr, pool));
         let previous = self.active.swap(Some(Arc::clone(&new)));
         fence(SeqCst);
         if let Some(prev) = &previous {

@@ -1,19 +1,39 @@
-//! The connection pool towards one backend generation.
+//! Connections to one backend generation: connecting, the generation's idle
+//! pool, and the connection a client connection keeps pinned between its
+//! requests.
+//!
+//! Why not hyper-util's pooled `Client`: profiling (benches/RESULTS.md) put
+//! its per-request pool-key hashing, checkout futures and the channel hop
+//! into a separate connection task among the largest items of the proxy's
+//! own CPU time. An HTTP/1 client connection sends one request at a time, so
+//! it can simply keep the upstream connection its last request used, and only
+//! go to the generation's pool when it has none for the active generation
+//! (first request, after a switch, HTTP/2 streams).
 
 use crate::limits::RequestBody;
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use http::uri::Authority;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
 
-pub type UpstreamClient = Client<HttpConnector, RequestBody>;
+/// Sends requests on one upstream HTTP/1.1 connection.
+pub type Sender = SendRequest<RequestBody>;
+
+/// Idle connections kept per generation; more than this are closed.
+const MAX_IDLE: usize = 1024;
 
 /// Timeouts that shape how the proxy talks to backends.
 #[derive(Debug, Clone)]
 pub struct UpstreamSettings {
     pub connect_timeout: Duration,
-    /// Idle upstream connections are closed after this. Kept below common
-    /// app-server keep-alive timeouts (Tomcat closes after 20 s), so the
-    /// proxy closes first instead of racing a request against the backend's close.
+    /// An upstream connection idle for longer is closed instead of reused.
+    /// Kept below common app-server keep-alive timeouts (Tomcat closes after
+    /// 20 s), so the proxy never sends a request into the backend's close.
     pub pool_idle_timeout: Duration,
 }
 
@@ -26,16 +46,168 @@ impl Default for UpstreamSettings {
     }
 }
 
-/// A keep-alive HTTP/1.1 pool. Each generation gets its own so that draining a
-/// generation can close exactly its connections and no others.
-pub fn client(settings: &UpstreamSettings) -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(settings.connect_timeout));
-    connector.set_keepalive(Some(Duration::from_secs(60)));
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(settings.pool_idle_timeout)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .build(connector)
+/// Why no upstream connection could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connecting to {addr} timed out")]
+    Timeout { addr: Authority },
+    #[error("connecting to {addr}: {source}")]
+    Io {
+        addr: Authority,
+        source: std::io::Error,
+    },
+    #[error("HTTP/1.1 handshake with {addr}: {source}")]
+    Handshake {
+        addr: Authority,
+        source: hyper::Error,
+    },
+}
+
+/// A connection not in use, and since when.
+struct Idle {
+    sender: Sender,
+    since: Instant,
+}
+
+/// The upstream connections of one generation. Dropping the pool (when its
+/// drained generation is dropped) closes every connection it opened, idle
+/// or pinned by a client connection.
+pub struct Pool {
+    addr: Authority,
+    settings: UpstreamSettings,
+    idle: Mutex<VecDeque<Idle>>,
+    /// Never sends; its drop tells the connection tasks to end.
+    closed: watch::Sender<()>,
+}
+
+impl Pool {
+    pub fn new(addr: Authority, settings: UpstreamSettings) -> Self {
+        Self {
+            addr,
+            settings,
+            idle: Mutex::new(VecDeque::new()),
+            closed: watch::channel(()).0,
+        }
+    }
+
+    /// A connection ready to send, reused (most recently idle first) or new.
+    /// Reused connections are checked for readiness here, so one the backend
+    /// closed while idle is skipped, not handed out.
+    pub async fn checkout(&self) -> Result<(Sender, bool), ConnectError> {
+        while let Some(mut sender) = self.pop_idle() {
+            if sender.ready().await.is_ok() {
+                return Ok((sender, true));
+            }
+        }
+        Ok((self.connect().await?, false))
+    }
+
+    fn pop_idle(&self) -> Option<Sender> {
+        let mut idle = self.idle.lock().expect("upstream pool poisoned");
+        let max_age = self.settings.pool_idle_timeout;
+        while let Some(entry) = idle.pop_back() {
+            if !entry.sender.is_closed() && entry.since.elapsed() < max_age {
+                return Some(entry.sender);
+            }
+        }
+        None
+    }
+
+    /// Returns a connection whose last exchange is complete.
+    pub fn checkin(&self, sender: Sender) {
+        if sender.is_closed() {
+            return;
+        }
+        let now = Instant::now();
+        let max_age = self.settings.pool_idle_timeout;
+        let mut idle = self.idle.lock().expect("upstream pool poisoned");
+        // Oldest first: drop what aged out, and the oldest beyond the cap.
+        while idle
+            .front()
+            .is_some_and(|e| now.duration_since(e.since) >= max_age || idle.len() >= MAX_IDLE)
+        {
+            idle.pop_front();
+        }
+        idle.push_back(Idle { sender, since: now });
+    }
+
+    /// Opens a new connection; its I/O runs in its own task until the
+    /// backend or the proxy closes it, or this pool is dropped.
+    pub async fn connect(&self) -> Result<Sender, ConnectError> {
+        let addr = &self.addr;
+        let tcp = match tokio::time::timeout(
+            self.settings.connect_timeout,
+            TcpStream::connect(addr.as_str()),
+        )
+        .await
+        {
+            Err(_) => return Err(ConnectError::Timeout { addr: addr.clone() }),
+            Ok(Err(source)) => {
+                return Err(ConnectError::Io {
+                    addr: addr.clone(),
+                    source,
+                })
+            }
+            Ok(Ok(tcp)) => tcp,
+        };
+        let _ = tcp.set_nodelay(true);
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|source| ConnectError::Handshake {
+                addr: addr.clone(),
+                source,
+            })?;
+        let mut closed = self.closed.subscribe();
+        tokio::spawn(async move {
+            tokio::select! {
+                r = conn.with_upgrades() => if let Err(e) = r {
+                    tracing::debug!(error = %e, "upstream connection ended");
+                },
+                // The generation is gone (drained): close what is left.
+                _ = closed.changed() => {}
+            }
+        });
+        Ok(sender)
+    }
+}
+
+/// The upstream connection an HTTP/1 client connection used last, tagged
+/// with its generation. It is reused only while that generation is still the
+/// one a request acquires, so every request still goes to the active backend.
+#[derive(Default)]
+pub struct Pinned {
+    slot: Mutex<Option<(u64, Sender)>>,
+}
+
+impl Pinned {
+    /// The pinned connection if it belongs to generation `id`; a connection
+    /// of an older generation is dropped here.
+    pub fn take(&self, id: u64) -> Option<Sender> {
+        let (pinned_id, sender) = self.slot.lock().expect("pinned slot poisoned").take()?;
+        (pinned_id == id && !sender.is_closed()).then_some(sender)
+    }
+
+    pub fn put(&self, id: u64, sender: Sender) {
+        *self.slot.lock().expect("pinned slot poisoned") = Some((id, sender));
+    }
+
+    /// Hands the pinned connection to its generation's pool when the client
+    /// connection ends, so the next client does not connect anew.
+    /// Only an idle connection goes back: one whose client left in the
+    /// middle of a response is closing and is dropped.
+    pub fn release_to(&self, id: u64, pool: &Pool) {
+        if let Some(sender) = self.take(id).filter(|s| s.is_ready()) {
+            pool.checkin(sender);
+        }
+    }
+}
+
+/// Shared by the request and the response body: where a connection goes back
+/// once its exchange is complete.
+pub enum Home {
+    /// Back into the client connection's pin (HTTP/1 clients).
+    Pinned(Arc<Pinned>),
+    /// Back into the generation's pool (HTTP/2 streams).
+    Pool,
 }
