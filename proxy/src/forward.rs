@@ -130,28 +130,33 @@ async fn send(
     };
     let (mut sender, reused) = match pinned {
         Some(sender) => (sender, true),
-        None => generation
-            .pool
-            .checkout()
+        // Boxed, like the retry below: the connect path is rare and its
+        // future is large; unboxed, every request would carry (and copy) it.
+        None => Box::pin(generation.pool.checkout())
             .await
             .map_err(SendError::Connect)?,
     };
     match sender.try_send_request(req).await {
         Ok(resp) => Ok((resp, sender)),
         Err(mut e) => match e.take_message() {
-            Some(req) if reused => {
-                let mut sender = generation
-                    .pool
-                    .connect()
-                    .await
-                    .map_err(SendError::Connect)?;
-                match sender.send_request(req).await {
-                    Ok(resp) => Ok((resp, sender)),
-                    Err(e) => Err(SendError::Exchange(e)),
-                }
-            }
+            Some(req) if reused => Box::pin(resend(generation, req)).await,
             _ => Err(SendError::Exchange(e.into_error())),
         },
+    }
+}
+
+async fn resend(
+    generation: &Generation,
+    req: Request<RequestBody>,
+) -> Result<(Response<Incoming>, Sender), SendError> {
+    let mut sender = generation
+        .pool
+        .connect()
+        .await
+        .map_err(SendError::Connect)?;
+    match sender.send_request(req).await {
+        Ok(resp) => Ok((resp, sender)),
+        Err(e) => Err(SendError::Exchange(e)),
     }
 }
 

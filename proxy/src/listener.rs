@@ -12,6 +12,7 @@ use crate::forward::{local, Forwarder};
 use crate::limits::{self, BodyError, Limits, Rejection, RequestBody};
 use crate::upstream::Pinned;
 use crate::wire::{ConnFlags, WireIo};
+use crate::workers::Workers;
 use http::{header, HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -221,6 +222,7 @@ pub async fn serve(
     tls: Option<TlsAcceptor>,
     accept: Arc<Accept>,
     graceful: Arc<GracefulShutdown>,
+    workers: Arc<Workers>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let scheme = if tls.is_some() {
@@ -248,7 +250,7 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let watcher = graceful.watcher();
         let (front, accept, tls) = (Arc::clone(&front), Arc::clone(&accept), tls.clone());
-        tokio::spawn(async move {
+        workers.spawn(async move {
             let _permit = permit;
             match tls {
                 None => serve_connection(stream, peer, scheme, front, &accept, watcher).await,
@@ -347,6 +349,7 @@ pub fn start(
     tls: Option<TlsBound>,
     forwarder: Arc<Forwarder>,
     config: &crate::config::Config,
+    workers: Arc<Workers>,
     stop: watch::Receiver<bool>,
 ) -> (Arc<GracefulShutdown>, Vec<tokio::task::JoinHandle<()>>) {
     let limits = config.limits.clone();
@@ -382,6 +385,7 @@ pub fn start(
         None,
         Arc::clone(&accept),
         Arc::clone(&graceful),
+        Arc::clone(&workers),
         stop.clone(),
     ))];
     if let Some(t) = tls {
@@ -395,6 +399,7 @@ pub fn start(
             Some(t.acceptor),
             accept,
             Arc::clone(&graceful),
+            workers,
             stop,
         )));
     }
