@@ -48,6 +48,11 @@ http {
             proxy_pass http://app;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
+            # The forwarding headers handoff-proxy adds, so both do the same work.
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Host $host;
             proxy_read_timeout 120s;
         }
     }
@@ -187,8 +192,11 @@ impl Haproxy {
         let cfg = format!(
             "global\n    maxconn 8000\n    nbthread 2\n\
              defaults\n    mode http\n    timeout connect 5s\n    timeout client 120s\n    timeout server 120s\n    \
-             http-reuse always\n\
-             frontend fe\n    bind 127.0.0.1:{port}\n    default_backend be\n\
+             http-reuse always\n    option forwardfor\n\
+             frontend fe\n    bind 127.0.0.1:{port}\n    \
+             http-request set-header X-Forwarded-Proto http\n    \
+             http-request set-header X-Forwarded-Host %[req.hdr(host)]\n    \
+             default_backend be\n\
              backend be\n    server app {backend}\n"
         );
         let path = dir.path().join("haproxy.cfg");

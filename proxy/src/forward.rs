@@ -15,6 +15,25 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// What the request path keeps about one client connection.
+pub struct ClientConn {
+    pub peer: SocketAddr,
+    /// The peer as an `X-Forwarded-For` entry, formatted once.
+    pub forwarded_for: HeaderValue,
+    /// The upstream connection its last HTTP/1 request used.
+    pub pinned: Pinned,
+}
+
+impl ClientConn {
+    pub fn new(peer: SocketAddr) -> Self {
+        Self {
+            peer,
+            forwarded_for: headers::forwarded_for(peer.ip()),
+            pinned: Pinned::default(),
+        }
+    }
+}
+
 /// What every request handler shares.
 pub struct Forwarder {
     pub router: Arc<Router>,
@@ -29,10 +48,11 @@ impl Forwarder {
     pub async fn handle(
         &self,
         req: Request<RequestBody>,
-        client: SocketAddr,
+        client: &ClientConn,
         proto: &'static str,
-        pinned: Option<&Pinned>,
+        pin: bool,
     ) -> Response<ProxyBody> {
+        let pinned = pin.then_some(&client.pinned);
         let mut exchange = Exchange::start(&self.metrics, req.method(), req.uri().path());
         let resp = self
             .forward(req, client, proto, &mut exchange, pinned)
@@ -44,7 +64,7 @@ impl Forwarder {
     async fn forward(
         &self,
         mut req: Request<RequestBody>,
-        client: SocketAddr,
+        client: &ClientConn,
         proto: &'static str,
         exchange: &mut Exchange,
         pinned: Option<&Pinned>,
@@ -165,7 +185,7 @@ async fn resend(
 fn prepare(
     req: &mut Request<RequestBody>,
     in_flight: &InFlight,
-    client: SocketAddr,
+    client: &ClientConn,
     proto: &'static str,
     upgrade: bool,
 ) -> Result<(), StatusCode> {
@@ -204,7 +224,7 @@ fn prepare(
             }
         }
     }
-    headers::add_forwarded(headers, client.ip(), proto, host);
+    headers::add_forwarded(headers, &client.forwarded_for, proto, host);
     Ok(())
 }
 

@@ -34,9 +34,24 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
         .filter(|t| !t.is_empty())
 }
 
+/// Whether `name` is hop-by-hop whatever `Connection` says.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.iter().any(|h| h == name)
+}
+
 /// Removes hop-by-hop headers. For an upgrade, `Upgrade` and
 /// `Connection: upgrade` are end-to-end in effect and are kept.
+///
+/// Most requests carry none of them, so one pass over the names decides
+/// whether there is anything to remove at all: cheaper than looking each of
+/// the eight up (and hashing the non-standard ones) on every request.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    let any = headers
+        .keys()
+        .any(|n| is_hop_by_hop(n) || (!upgrade && n == header::UPGRADE));
+    if !any && !upgrade {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = connection_tokens(headers)
             .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
@@ -57,28 +72,37 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
+/// The client's address as an `X-Forwarded-For` entry, made once per
+/// connection rather than formatted on every request.
+pub fn forwarded_for(client: IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&client.to_canonical().to_string())
+        .expect("an IP address is a valid header value")
+}
+
 /// Adds `X-Forwarded-For` (appended), `-Proto` and `-Host` (set).
 pub fn add_forwarded(
     headers: &mut HeaderMap,
-    client: IpAddr,
+    client: &HeaderValue,
     proto: &'static str,
     host: Option<HeaderValue>,
 ) {
-    let xff = HeaderName::from_static("x-forwarded-for");
-    let client = client.to_canonical().to_string();
-    let value = match headers.get(&xff).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {client}"),
-        _ => client,
+    const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
+    const PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+    const HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+    headers.reserve(3);
+    let value = match headers.get(&XFF).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => {
+            HeaderValue::from_str(&format!("{prev}, {}", client.to_str().unwrap_or_default()))
+                .ok()
+        }
+        _ => Some(client.clone()),
     };
-    if let Ok(value) = HeaderValue::from_str(&value) {
-        headers.insert(xff, value);
+    if let Some(value) = value {
+        headers.insert(XFF, value);
     }
-    headers.insert(
-        HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static(proto),
-    );
+    headers.insert(PROTO, HeaderValue::from_static(proto));
     if let Some(host) = host {
-        headers.insert(HeaderName::from_static("x-forwarded-host"), host);
+        headers.insert(HOST, host);
     }
 }
 
@@ -133,12 +157,28 @@ mod tests {
         let mut h = map(&[("x-forwarded-for", "10.0.0.1")]);
         add_forwarded(
             &mut h,
-            "127.0.0.1".parse().unwrap(),
+            &forwarded_for("127.0.0.1".parse().unwrap()),
             "http",
             Some(HeaderValue::from_static("ex.com")),
         );
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "ex.com");
+    }
+
+    #[test]
+    fn nothing_to_strip_leaves_the_map_alone() {
+        let mut h = map(&[("host", "a"), ("accept", "*/*"), ("x-app", "1")]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 3);
+        let mut h = map(&[("host", "a"), ("upgrade", "h2c")]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "a stray Upgrade without Connection is dropped");
+    }
+
+    #[test]
+    fn forwarded_for_is_canonical() {
+        assert_eq!(forwarded_for("::ffff:10.1.2.3".parse().unwrap()), "10.1.2.3");
+        assert_eq!(forwarded_for("::1".parse().unwrap()), "::1");
     }
 }

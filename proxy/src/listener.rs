@@ -8,9 +8,8 @@
 //! by the checks in [`limits`](crate::limits) before any backend sees it.
 
 use crate::body::ProxyBody;
-use crate::forward::{local, Forwarder};
+use crate::forward::{local, ClientConn, Forwarder};
 use crate::limits::{self, BodyError, Limits, Rejection, RequestBody};
-use crate::upstream::Pinned;
 use crate::wire::{ConnFlags, WireIo};
 use crate::workers::Workers;
 use http::{header, HeaderValue, Request, Response, StatusCode, Version};
@@ -93,10 +92,9 @@ impl Front {
     async fn handle(
         &self,
         req: Request<Incoming>,
-        peer: SocketAddr,
+        client: &ClientConn,
         scheme: Scheme,
         flags: &ConnFlags,
-        pinned: &Pinned,
     ) -> Response<ProxyBody> {
         let h1 = req.version() <= Version::HTTP_11;
         if h1 && flags.framing_conflict() {
@@ -145,10 +143,9 @@ impl Front {
             }
         }
         // HTTP/2 streams run concurrently and cannot share one pinned connection.
-        let pinned = h1.then_some(pinned);
         let mut resp = self
             .forwarder
-            .handle(req, peer, scheme.as_str(), pinned)
+            .handle(req, client, scheme.as_str(), h1)
             .await;
         if let (Scheme::Https, Some(hsts)) = (scheme, &self.hsts) {
             resp.headers_mut()
@@ -248,10 +245,27 @@ pub async fn serve(
             _ = shutdown.changed() => return,
         };
         let _ = stream.set_nodelay(true);
+        // The socket's readiness must come from the event loop of the thread
+        // that serves it, not this one's: re-registered there, every read
+        // and write wake-up stays on that thread.
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::debug!(error = %e, %peer, "accepted connection unusable");
+                continue;
+            }
+        };
         let watcher = graceful.watcher();
         let (front, accept, tls) = (Arc::clone(&front), Arc::clone(&accept), tls.clone());
         workers.spawn(async move {
             let _permit = permit;
+            let stream = match tokio::net::TcpStream::from_std(stream) {
+                Ok(stream) => stream,
+                Err(e) => {
+                    tracing::debug!(error = %e, %peer, "accepted connection unusable");
+                    return;
+                }
+            };
             match tls {
                 None => serve_connection(stream, peer, scheme, front, &accept, watcher).await,
                 Some(tls) => {
@@ -286,15 +300,13 @@ async fn serve_connection<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (io, flags) = WireIo::new(io, accept.idle_timeout);
-    let pinned = Arc::new(Pinned::default());
+    let client = Arc::new(ClientConn::new(peer));
     let router = Arc::clone(&front.forwarder.router);
-    let conn_pinned = Arc::clone(&pinned);
+    let conn_client = Arc::clone(&client);
     let service = hyper::service::service_fn(move |req| {
-        let (front, flags, pinned) = (Arc::clone(&front), Arc::clone(&flags), Arc::clone(&pinned));
+        let (front, flags, client) = (Arc::clone(&front), Arc::clone(&flags), Arc::clone(&client));
         async move {
-            Ok::<_, std::convert::Infallible>(
-                front.handle(req, peer, scheme, &flags, &pinned).await,
-            )
+            Ok::<_, std::convert::Infallible>(front.handle(req, &client, scheme, &flags).await)
         }
     });
     let conn = accept
@@ -305,7 +317,7 @@ async fn serve_connection<I>(
         tracing::debug!(error = %e, %peer, "client connection ended");
     }
     if let Some(active) = router.active() {
-        conn_pinned.release_to(active.id, &active.pool);
+        conn_client.pinned.release_to(active.id, &active.pool);
     }
 }
 
