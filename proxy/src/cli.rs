@@ -86,7 +86,8 @@ pub struct Cli {
     #[arg(long, env = "HANDOFF_DRAIN_TIMEOUT", default_value = "30s", value_parser = duration, value_name = "DURATION", help_heading = "Backend and drain")]
     pub drain_timeout: Duration,
 
-    /// How long a backend may take to answer before the client gets 504.
+    /// How long a backend may stay silent after the proxy sent it a request
+    /// (like nginx's proxy_read_timeout): 504 before the response head, cut after.
     #[arg(long, env = "HANDOFF_UPSTREAM_TIMEOUT", default_value = "60s", value_parser = duration, value_name = "DURATION", help_heading = "Backend and drain")]
     pub upstream_timeout: Duration,
 

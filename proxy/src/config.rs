@@ -22,8 +22,6 @@ pub struct Config {
     pub backend: Option<String>,
     /// How long a switch (and shutdown) waits for in-flight requests.
     pub drain_timeout: Duration,
-    /// How long a backend may take to send response headers (then 504).
-    pub upstream_timeout: Duration,
     pub upstream: UpstreamSettings,
     /// A client must send a full request head within this time (slowloris).
     pub header_read_timeout: Duration,

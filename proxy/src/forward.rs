@@ -7,13 +7,12 @@ use crate::limits::RequestBody;
 use crate::metrics::{Metrics, UpstreamError};
 use crate::observe::Exchange;
 use crate::router::Router;
-use crate::upstream::{ConnectError, Pinned, Sender};
+use crate::upstream::{self, ConnectError, Pinned, Sender};
 use http::{header, uri, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// What the request path keeps about one client connection.
 pub struct ClientConn {
@@ -37,8 +36,6 @@ impl ClientConn {
 /// What every request handler shares.
 pub struct Forwarder {
     pub router: Arc<Router>,
-    /// How long a backend may take to send response headers.
-    pub upstream_timeout: Duration,
     pub metrics: Arc<Metrics>,
 }
 
@@ -81,26 +78,27 @@ impl Forwarder {
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
         let sent = send(generation, pinned, req);
-        let (mut resp, sender) = match tokio::time::timeout(self.upstream_timeout, sent).await {
-            Err(_) => {
-                self.metrics.upstream_error(UpstreamError::Timeout);
-                return local(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n");
-            }
-            Ok(Err(SendError::Connect(e))) => {
+        // The backend's silence is timed by its connection (see `upstream`).
+        let (mut resp, sender) = match sent.await {
+            Err(SendError::Connect(e)) => {
                 self.metrics.upstream_error(UpstreamError::Connect);
                 tracing::warn!(backend = %generation.addr, error = %e, "upstream failed");
                 return local(StatusCode::BAD_GATEWAY, "upstream unavailable\n");
             }
-            Ok(Err(SendError::Exchange(e))) => {
+            Err(SendError::Exchange(e)) => {
                 // The client's body, not the backend, failed the exchange.
                 if let Some(r) = crate::limits::body_fault(&e) {
                     return local(r.status, r.reason);
+                }
+                if upstream::is_response_timeout(&e) {
+                    self.metrics.upstream_error(UpstreamError::Timeout);
+                    return local(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n");
                 }
                 self.metrics.upstream_error(UpstreamError::Reset);
                 tracing::warn!(backend = %generation.addr, error = %error_chain(&e), "upstream failed");
                 return local(StatusCode::BAD_GATEWAY, "upstream unavailable\n");
             }
-            Ok(Ok(pair)) => pair,
+            Ok(pair) => pair,
         };
 
         if let (StatusCode::SWITCHING_PROTOCOLS, Some(client_upgrade)) =

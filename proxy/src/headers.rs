@@ -92,8 +92,7 @@ pub fn add_forwarded(
     headers.reserve(3);
     let value = match headers.get(&XFF).and_then(|v| v.to_str().ok()) {
         Some(prev) if !prev.trim().is_empty() => {
-            HeaderValue::from_str(&format!("{prev}, {}", client.to_str().unwrap_or_default()))
-                .ok()
+            HeaderValue::from_str(&format!("{prev}, {}", client.to_str().unwrap_or_default())).ok()
         }
         _ => Some(client.clone()),
     };
@@ -178,7 +177,10 @@ mod tests {
 
     #[test]
     fn forwarded_for_is_canonical() {
-        assert_eq!(forwarded_for("::ffff:10.1.2.3".parse().unwrap()), "10.1.2.3");
+        assert_eq!(
+            forwarded_for("::ffff:10.1.2.3".parse().unwrap()),
+            "10.1.2.3"
+        );
         assert_eq!(forwarded_for("::1".parse().unwrap()), "::1");
     }
 }

@@ -121,7 +121,6 @@ pub async fn run(
     }
     let forwarder = Arc::new(forward::Forwarder {
         router: Arc::clone(&router),
-        upstream_timeout: config.upstream_timeout,
         metrics: Arc::clone(&metrics),
     });
     let workers = Arc::new(workers::Workers::start(config.workers).map_err(ProxyError::Workers)?);

@@ -51,9 +51,9 @@ fn main() -> Result<()> {
         state: cli.state,
         backend: cli.backend,
         drain_timeout: cli.drain_timeout,
-        upstream_timeout: cli.upstream_timeout,
         upstream: UpstreamSettings {
             connect_timeout: cli.upstream_connect_timeout,
+            response_timeout: cli.upstream_timeout,
             ..Default::default()
         },
         header_read_timeout: cli.header_timeout,

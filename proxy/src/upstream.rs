@@ -15,11 +15,16 @@ use http::uri::Authority;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use std::collections::VecDeque;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 /// Sends requests on one upstream HTTP/1.1 connection.
 pub type Sender = SendRequest<RequestBody>;
@@ -35,6 +40,10 @@ pub struct UpstreamSettings {
     /// Kept below common app-server keep-alive timeouts (Tomcat closes after
     /// 20 s), so the proxy never sends a request into the backend's close.
     pub pool_idle_timeout: Duration,
+    /// How long a backend may stay silent while the proxy waits for its
+    /// answer (like nginx's `proxy_read_timeout`): before the response head
+    /// the client gets 504; later the response is cut.
+    pub response_timeout: Duration,
 }
 
 impl Default for UpstreamSettings {
@@ -42,6 +51,7 @@ impl Default for UpstreamSettings {
         Self {
             connect_timeout: Duration::from_secs(5),
             pool_idle_timeout: Duration::from_secs(15),
+            response_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -152,7 +162,10 @@ impl Pool {
         };
         let _ = tcp.set_nodelay(true);
         let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(tcp))
+            .handshake(TokioIo::new(UpstreamIo::new(
+                tcp,
+                self.settings.response_timeout,
+            )))
             .await
             .map_err(|source| ConnectError::Handshake {
                 addr: addr.clone(),
@@ -210,4 +223,142 @@ pub enum Home {
     Pinned(Arc<Pinned>),
     /// Back into the generation's pool (HTTP/2 streams).
     Pool,
+}
+
+/// The message an upstream read fails with when the backend stayed silent
+/// too long; [`is_response_timeout`] recognises it in an error chain.
+const SILENT: &str = "backend sent nothing within the upstream timeout";
+
+/// Whether `e` (or what caused it) is the backend's silence timing out.
+pub fn is_response_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<io::Error>() {
+            if io.kind() == io::ErrorKind::TimedOut && io.to_string() == SILENT {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// An upstream socket that fails its read once the backend has been silent
+/// for `timeout` after the proxy last wrote to it.
+///
+/// Why here and not a `tokio::time::timeout` per request: that registers
+/// and removes a timer on every request (measurable in the profile). This
+/// keeps one timer per connection and moves it only when it fires, so a
+/// request costs two clock reads. An idle keep-alive connection (nothing
+/// written since its last answer) never times out here; the pool's idle
+/// limit handles it.
+struct UpstreamIo {
+    inner: TcpStream,
+    timeout: Duration,
+    /// When the proxy last wrote, if nothing was read since.
+    waiting_since: Option<Instant>,
+    /// Armed at `waiting_since + timeout` or earlier; checked when it fires.
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl UpstreamIo {
+    fn new(inner: TcpStream, timeout: Duration) -> Self {
+        Self {
+            inner,
+            timeout,
+            waiting_since: None,
+            timer: None,
+        }
+    }
+
+    /// Polled only while a read is pending.
+    fn poll_silence(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        let Some(since) = self.waiting_since else {
+            return Poll::Pending;
+        };
+        let deadline = since + self.timeout;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        while timer.as_mut().poll(cx).is_ready() {
+            if Instant::now() >= deadline {
+                return Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, SILENT));
+            }
+            timer.as_mut().reset(deadline);
+        }
+        Poll::Pending
+    }
+}
+
+impl AsyncRead for UpstreamIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    this.waiting_since = None;
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => match this.poll_silence(cx) {
+                Poll::Ready(e) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            },
+            other => other,
+        }
+    }
+}
+
+impl UpstreamIo {
+    /// After a write the backend owes an answer: the timer must be armed
+    /// (and this task's waker registered with it) now, because hyper may
+    /// have polled its read before it wrote.
+    fn wrote(&mut self, cx: &mut Context<'_>, r: &Poll<io::Result<usize>>) {
+        if matches!(r, Poll::Ready(Ok(n)) if *n > 0) {
+            self.waiting_since = Some(Instant::now());
+            // Only just set, so it cannot have expired: this arms, never fails.
+            let _ = self.poll_silence(cx);
+        }
+    }
+}
+
+impl AsyncWrite for UpstreamIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write(cx, data);
+        this.wrote(cx, &r);
+        r
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.wrote(cx, &r);
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
 }
