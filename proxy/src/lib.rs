@@ -14,6 +14,7 @@ pub mod control;
 pub mod drain;
 pub mod forward;
 pub mod headers;
+pub mod histogram;
 pub mod limits;
 pub mod listener;
 pub mod metrics;

@@ -1,6 +1,7 @@
 //! Prometheus metrics. Handles for per-request series are created once, so
-//! the request path only touches atomics (and the histogram's short lock).
+//! the request path only touches atomics.
 
+use crate::histogram::AtomicHistogram;
 use crate::router::Router;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -35,7 +36,7 @@ pub struct Metrics {
     registry: Registry,
     /// Indexed by status class: 1xx at 0 .. 5xx at 4.
     requests: [Counter; 5],
-    duration: Histogram,
+    duration: AtomicHistogram,
     switches: Counter,
     drains: Family<Labels, Counter>,
     drain_duration: Histogram,
@@ -64,7 +65,7 @@ impl Metrics {
             "Requests answered, by status class",
             requests_family,
         );
-        let duration = Histogram::new(exponential_buckets(0.0005, 2.0, 18));
+        let duration = AtomicHistogram::new(exponential_buckets(0.0005, 2.0, 18));
         registry.register(
             "request_duration_seconds",
             "Time from request head to the last response byte",
@@ -119,7 +120,7 @@ impl Metrics {
     pub fn request_done(&self, status: u16, elapsed: Duration) {
         let class = (status / 100).clamp(1, 5) as usize - 1;
         self.requests[class].inc();
-        self.duration.observe(elapsed.as_secs_f64());
+        self.duration.observe(elapsed);
     }
 
     pub fn switched(&self) {
