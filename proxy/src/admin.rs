@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub struct Admin {
-    pub metrics: Arc<Metrics>,
+    pub metrics: &'static Metrics,
     pub router: Arc<Router>,
 }
 

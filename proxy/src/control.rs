@@ -46,7 +46,7 @@ pub struct Control {
     pub access: Access,
     /// Certificates to reload on `POST /v1/tls/reload`; none without TLS.
     pub tls: Option<Arc<crate::tls::CertResolver>>,
-    pub metrics: Arc<crate::metrics::Metrics>,
+    pub metrics: &'static crate::metrics::Metrics,
 }
 
 /// Who may use the socket beyond what its file mode already enforces.

@@ -36,7 +36,7 @@ impl ClientConn {
 /// What every request handler shares.
 pub struct Forwarder {
     pub router: Arc<Router>,
-    pub metrics: Arc<Metrics>,
+    pub metrics: &'static Metrics,
 }
 
 impl Forwarder {
@@ -50,7 +50,7 @@ impl Forwarder {
         pin: bool,
     ) -> Response<ProxyBody> {
         let pinned = pin.then_some(&client.pinned);
-        let mut exchange = Exchange::start(&self.metrics, req.method(), req.uri().path());
+        let mut exchange = Exchange::start(self.metrics, req.method(), req.uri().path());
         let resp = self
             .forward(req, client, proto, &mut exchange, pinned)
             .await;

@@ -95,7 +95,10 @@ pub async fn run(
             .and_then(|l| l.local_addr().ok())
             .map(|a| a.to_string()),
     };
-    let metrics = Arc::new(metrics::Metrics::new());
+    // One set of metrics for the life of the process: requests finish
+    // (and are counted) on every connection thread, and a `&'static` costs
+    // them no shared reference count.
+    let metrics: &'static metrics::Metrics = Box::leak(Box::new(metrics::Metrics::new()));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let control = Arc::new(control::Control {
@@ -105,7 +108,7 @@ pub async fn run(
         listeners: listeners.clone(),
         switch_lock: tokio::sync::Mutex::new(()),
         tls: tls.as_ref().map(|t| Arc::clone(&t.resolver)),
-        metrics: Arc::clone(&metrics),
+        metrics: metrics,
         access: control::Access {
             own_uid: control::own_uid(),
             group: config.control_group,
@@ -115,14 +118,14 @@ pub async fn run(
 
     if let Some(listener) = admin_listener {
         let admin = Arc::new(admin::Admin {
-            metrics: Arc::clone(&metrics),
+            metrics: metrics,
             router: Arc::clone(&router),
         });
         tokio::spawn(admin.serve(listener, stop_rx.clone()));
     }
     let forwarder = Arc::new(forward::Forwarder {
         router: Arc::clone(&router),
-        metrics: Arc::clone(&metrics),
+        metrics: metrics,
     });
     let workers = Arc::new(workers::Workers::start(config.workers).map_err(ProxyError::Workers)?);
     let (graceful, accept_tasks) = listener::start(

@@ -207,7 +207,7 @@ pub struct Accept {
     pub permits: Arc<Semaphore>,
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
-    pub metrics: Arc<crate::metrics::Metrics>,
+    pub metrics: &'static crate::metrics::Metrics,
 }
 
 /// Accepts until `shutdown` flips. Switches never touch these connections:
@@ -300,25 +300,45 @@ async fn serve_connection<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (io, flags) = WireIo::new(io, accept.idle_timeout);
-    let client = Arc::new(ClientConn::new(peer));
-    let router = Arc::clone(&front.forwarder.router);
-    let conn_client = Arc::clone(&client);
-    let service = hyper::service::service_fn(move |req| {
-        let (front, flags, client) = (Arc::clone(&front), Arc::clone(&flags), Arc::clone(&client));
-        async move {
-            Ok::<_, std::convert::Infallible>(front.handle(req, &client, scheme, &flags).await)
-        }
+    // Everything a request needs from its connection, behind one reference
+    // count that only this connection's thread touches.
+    let conn = Arc::new(Conn {
+        front,
+        client: ClientConn::new(peer),
+        flags,
+        scheme,
     });
-    let conn = accept
+    let service = {
+        let conn = Arc::clone(&conn);
+        hyper::service::service_fn(move |req| {
+            let conn = Arc::clone(&conn);
+            async move {
+                let resp = conn
+                    .front
+                    .handle(req, &conn.client, conn.scheme, &conn.flags)
+                    .await;
+                Ok::<_, std::convert::Infallible>(resp)
+            }
+        })
+    };
+    let http = accept
         .builder
         .serve_connection_with_upgrades(TokioIo::new(io), service)
         .into_owned();
-    if let Err(e) = watcher.watch(conn).await {
+    if let Err(e) = watcher.watch(http).await {
         tracing::debug!(error = %e, %peer, "client connection ended");
     }
-    if let Some(active) = router.active() {
-        conn_client.pinned.release_to(active.id, &active.pool);
+    if let Some(active) = conn.front.forwarder.router.active() {
+        conn.client.pinned.release_to(active.id, &active.pool);
     }
+}
+
+/// One client connection as its requests see it.
+struct Conn {
+    front: Arc<Front>,
+    client: ClientConn,
+    flags: Arc<ConnFlags>,
+    scheme: Scheme,
 }
 
 /// The TLS listener, bound and with its certificates loaded.
@@ -370,7 +390,7 @@ pub fn start(
         permits: Arc::new(Semaphore::new(limits.max_connections)),
         handshake_timeout: limits.handshake_timeout,
         idle_timeout: limits.idle_timeout,
-        metrics: Arc::clone(&forwarder.metrics),
+        metrics: forwarder.metrics,
     });
     let graceful = Arc::new(GracefulShutdown::new());
     let settings = config.tls.as_ref();

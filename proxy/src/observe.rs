@@ -3,7 +3,6 @@
 
 use crate::metrics::Metrics;
 use http::Method;
-use std::sync::Arc;
 use std::time::Instant;
 
 /// The access log's tracing target, so it can be filtered on its own
@@ -11,7 +10,7 @@ use std::time::Instant;
 pub const ACCESS_TARGET: &str = "handoff::access";
 
 pub struct Exchange {
-    metrics: Arc<Metrics>,
+    metrics: &'static Metrics,
     start: Instant,
     method: Method,
     /// Path without the query string (queries often carry tokens); `None`
@@ -23,9 +22,9 @@ pub struct Exchange {
 }
 
 impl Exchange {
-    pub fn start(metrics: &Arc<Metrics>, method: &Method, path: &str) -> Self {
+    pub fn start(metrics: &'static Metrics, method: &Method, path: &str) -> Self {
         Exchange {
-            metrics: Arc::clone(metrics),
+            metrics,
             start: Instant::now(),
             method: method.clone(),
             path: tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO)
