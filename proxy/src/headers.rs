@@ -4,7 +4,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use std::net::IpAddr;
 
 /// Headers that describe one hop's connection and must not be forwarded.
-const HOP_BY_HOP: [HeaderName; 8] = [
+// A `static`, not a `const`: a const array is built and dropped at every use.
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),

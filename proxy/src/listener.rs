@@ -119,7 +119,14 @@ impl Front {
         if limits::is_chunked(&req) {
             // Read the first chunk before a backend is involved: a bad chunk
             // size (the usual smuggling payload) then never leaves this proxy.
-            match tokio::time::timeout(self.header_timeout, req.body_mut().peek()).await {
+            // Boxed: a timer and a body read are large, and most requests
+            // have no chunked body; unboxed, every request's future (moved
+            // on each request) would be that much bigger.
+            let peek = Box::pin(tokio::time::timeout(
+                self.header_timeout,
+                req.body_mut().peek(),
+            ));
+            match peek.await {
                 Ok(Ok(())) => {}
                 Ok(Err(BodyError::TooLarge(_))) => return reject(limits::too_large(), h1),
                 Ok(Err(BodyError::Client(_))) => {
