@@ -11,7 +11,6 @@ use crate::body::ProxyBody;
 use crate::forward::{local, ClientConn, Forwarder};
 use crate::limits::{self, BodyError, Limits, Rejection, RequestBody};
 use crate::wire::{ConnFlags, WireIo};
-use crate::workers::Workers;
 use http::{header, HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -226,7 +225,6 @@ pub async fn serve(
     tls: Option<TlsAcceptor>,
     accept: Arc<Accept>,
     graceful: Arc<GracefulShutdown>,
-    workers: Arc<Workers>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let scheme = if tls.is_some() {
@@ -252,27 +250,10 @@ pub async fn serve(
             _ = shutdown.changed() => return,
         };
         let _ = stream.set_nodelay(true);
-        // The socket's readiness must come from the event loop of the thread
-        // that serves it, not this one's: re-registered there, every read
-        // and write wake-up stays on that thread.
-        let stream = match stream.into_std() {
-            Ok(stream) => stream,
-            Err(e) => {
-                tracing::debug!(error = %e, %peer, "accepted connection unusable");
-                continue;
-            }
-        };
         let watcher = graceful.watcher();
         let (front, accept, tls) = (Arc::clone(&front), Arc::clone(&accept), tls.clone());
-        workers.spawn(async move {
+        tokio::spawn(async move {
             let _permit = permit;
-            let stream = match tokio::net::TcpStream::from_std(stream) {
-                Ok(stream) => stream,
-                Err(e) => {
-                    tracing::debug!(error = %e, %peer, "accepted connection unusable");
-                    return;
-                }
-            };
             match tls {
                 None => serve_connection(stream, peer, scheme, front, &accept, watcher).await,
                 Some(tls) => {
@@ -388,7 +369,6 @@ pub fn start(
     tls: Option<TlsBound>,
     forwarder: Arc<Forwarder>,
     config: &crate::config::Config,
-    workers: Arc<Workers>,
     stop: watch::Receiver<bool>,
 ) -> (Arc<GracefulShutdown>, Vec<tokio::task::JoinHandle<()>>) {
     let limits = config.limits.clone();
@@ -424,7 +404,6 @@ pub fn start(
         None,
         Arc::clone(&accept),
         Arc::clone(&graceful),
-        Arc::clone(&workers),
         stop.clone(),
     ))];
     if let Some(t) = tls {
@@ -438,7 +417,6 @@ pub fn start(
             Some(t.acceptor),
             accept,
             Arc::clone(&graceful),
-            workers,
             stop,
         )));
     }
