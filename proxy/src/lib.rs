@@ -11,6 +11,7 @@ pub mod admin;
 pub mod body;
 pub mod config;
 pub mod control;
+pub mod deadline;
 pub mod drain;
 pub mod forward;
 pub mod headers;

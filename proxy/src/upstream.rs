@@ -10,12 +10,12 @@
 //! go to the generation's pool when it has none for the active generation
 //! (first request, after a switch, HTTP/2 streams).
 
+use crate::deadline::LazyDeadline;
 use crate::limits::RequestBody;
 use http::uri::Authority;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use std::collections::VecDeque;
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -24,7 +24,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 /// Sends requests on one upstream HTTP/1.1 connection.
 pub type Sender = SendRequest<RequestBody>;
@@ -247,9 +247,9 @@ pub fn is_response_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
 /// for `timeout` after the proxy last wrote to it.
 ///
 /// Why here and not a `tokio::time::timeout` per request: that registers
-/// and removes a timer on every request (measurable in the profile). This
-/// keeps one timer per connection and moves it only when it fires, so a
-/// request costs two clock reads. An idle keep-alive connection (nothing
+/// and removes a timer on every request (measurable in the profile); a
+/// [`LazyDeadline`] keeps one per connection, so a request costs two clock
+/// reads. An idle keep-alive connection (nothing
 /// written since its last answer) never times out here; the pool's idle
 /// limit handles it.
 struct UpstreamIo {
@@ -257,8 +257,7 @@ struct UpstreamIo {
     timeout: Duration,
     /// When the proxy last wrote, if nothing was read since.
     waiting_since: Option<Instant>,
-    /// Armed at `waiting_since + timeout` or earlier; checked when it fires.
-    timer: Option<Pin<Box<Sleep>>>,
+    timer: LazyDeadline,
 }
 
 impl UpstreamIo {
@@ -267,7 +266,7 @@ impl UpstreamIo {
             inner,
             timeout,
             waiting_since: None,
-            timer: None,
+            timer: LazyDeadline::default(),
         }
     }
 
@@ -276,17 +275,9 @@ impl UpstreamIo {
         let Some(since) = self.waiting_since else {
             return Poll::Pending;
         };
-        let deadline = since + self.timeout;
-        let timer = self
-            .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        while timer.as_mut().poll(cx).is_ready() {
-            if Instant::now() >= deadline {
-                return Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, SILENT));
-            }
-            timer.as_mut().reset(deadline);
-        }
-        Poll::Pending
+        self.timer
+            .poll_passed(cx, since + self.timeout)
+            .map(|()| io::Error::new(io::ErrorKind::TimedOut, SILENT))
     }
 }
 

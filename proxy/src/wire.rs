@@ -11,7 +11,7 @@
 //! Every request on a flagged connection is answered 400 and the connection
 //! closes, so a request pipelined behind the probe is refused too.
 
-use std::future::Future;
+use crate::deadline::LazyDeadline;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 /// What the scanner found, read by the request service.
 #[derive(Debug, Default)]
@@ -42,7 +42,7 @@ pub struct WireIo<I> {
     flags: Arc<ConnFlags>,
     idle: Duration,
     last: Instant,
-    timer: Pin<Box<Sleep>>,
+    timer: LazyDeadline,
 }
 
 impl<I> WireIo<I> {
@@ -55,26 +55,17 @@ impl<I> WireIo<I> {
             flags: Arc::clone(&flags),
             idle,
             last: now,
-            timer: Box::pin(tokio::time::sleep_until(now + idle)),
+            timer: LazyDeadline::default(),
         };
         (io, flags)
     }
 
-    /// Polled only while a read is pending. The timer is re-armed lazily
-    /// from `last`, so traffic costs one clock read per I/O call, not a
-    /// timer reset.
+    /// Polled only while a read is pending; traffic moves `last`, and the
+    /// timer follows it only when it fires (see [`LazyDeadline`]).
     fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
-        while self.timer.as_mut().poll(cx).is_ready() {
-            let deadline = self.last + self.idle;
-            if Instant::now() >= deadline {
-                return Poll::Ready(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "client connection idle",
-                ));
-            }
-            self.timer.as_mut().reset(deadline);
-        }
-        Poll::Pending
+        self.timer
+            .poll_passed(cx, self.last + self.idle)
+            .map(|()| io::Error::new(io::ErrorKind::TimedOut, "client connection idle"))
     }
 }
 

@@ -1,0 +1,60 @@
+//! One timer for a deadline that keeps moving later, as an idle or silence
+//! timeout does with every byte.
+//!
+//! Resetting a tokio timer on every read or write (or making one per request)
+//! costs a timer-wheel removal and insertion each time. Here the timer stays
+//! where it was armed; when it fires, the current deadline is checked and the
+//! timer is moved to it only if it has not passed. Traffic then costs a clock
+//! read, and the wheel sees one entry per connection per timeout period.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::time::{Instant, Sleep};
+
+#[derive(Default)]
+pub struct LazyDeadline {
+    /// Armed at the current deadline or earlier (deadlines only move later).
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl LazyDeadline {
+    /// Ready once `deadline` has passed; until then the task is woken when
+    /// the timer fires. `deadline` must never be earlier than one passed
+    /// before.
+    pub fn poll_passed(&mut self, cx: &mut Context<'_>, deadline: Instant) -> Poll<()> {
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        while timer.as_mut().poll(cx).is_ready() {
+            if Instant::now() >= deadline {
+                return Poll::Ready(());
+            }
+            timer.as_mut().reset(deadline);
+        }
+        Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn fires_only_at_the_latest_deadline() {
+        let mut d = LazyDeadline::default();
+        let start = Instant::now();
+        let first = start + Duration::from_secs(10);
+        assert!(
+            std::future::poll_fn(|cx| Poll::Ready(d.poll_passed(cx, first)))
+                .await
+                .is_pending()
+        );
+        // Traffic moved the deadline later before the first one came.
+        let later = start + Duration::from_secs(25);
+        std::future::poll_fn(|cx| d.poll_passed(cx, later)).await;
+        assert!(Instant::now() >= later, "not before the moved deadline");
+        assert!(Instant::now() < later + Duration::from_secs(1));
+    }
+}
