@@ -16,7 +16,6 @@ use std::sync::Arc;
 
 /// What the request path keeps about one client connection.
 pub struct ClientConn {
-    pub peer: SocketAddr,
     /// The peer as an `X-Forwarded-For` entry, formatted once.
     pub forwarded_for: HeaderValue,
     /// The upstream connection its last HTTP/1 request used.
@@ -26,7 +25,6 @@ pub struct ClientConn {
 impl ClientConn {
     pub fn new(peer: SocketAddr) -> Self {
         Self {
-            peer,
             forwarded_for: headers::forwarded_for(peer.ip()),
             pinned: Pinned::default(),
         }
@@ -142,7 +140,7 @@ async fn send(
     pinned: Option<&Pinned>,
     req: Request<RequestBody>,
 ) -> Result<(Response<Incoming>, Sender), SendError> {
-    let pinned = match pinned.and_then(|p| p.take(generation.id)) {
+    let pinned = match pinned.and_then(|p| p.take(generation.id, &generation.pool)) {
         Some(mut sender) => sender.ready().await.is_ok().then_some(sender),
         None => None,
     };

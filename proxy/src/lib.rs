@@ -106,7 +106,7 @@ pub async fn run(
         listeners: listeners.clone(),
         switch_lock: tokio::sync::Mutex::new(()),
         tls: tls.as_ref().map(|t| Arc::clone(&t.resolver)),
-        metrics: metrics,
+        metrics,
         access: control::Access {
             own_uid: control::own_uid(),
             group: config.control_group,
@@ -116,14 +116,14 @@ pub async fn run(
 
     if let Some(listener) = admin_listener {
         let admin = Arc::new(admin::Admin {
-            metrics: metrics,
+            metrics,
             router: Arc::clone(&router),
         });
         tokio::spawn(admin.serve(listener, stop_rx.clone()));
     }
     let forwarder = Arc::new(forward::Forwarder {
         router: Arc::clone(&router),
-        metrics: metrics,
+        metrics,
     });
     let (graceful, accept_tasks) = listener::start(http, tls, forwarder, &config, stop_rx.clone());
 

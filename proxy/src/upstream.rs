@@ -18,7 +18,7 @@ use hyper_util::rt::TokioIo;
 use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -114,18 +114,31 @@ impl Pool {
 
     fn pop_idle(&self) -> Option<Sender> {
         let mut idle = self.idle.lock().expect("upstream pool poisoned");
-        let max_age = self.settings.pool_idle_timeout;
         while let Some(entry) = idle.pop_back() {
-            if !entry.sender.is_closed() && entry.since.elapsed() < max_age {
-                return Some(entry.sender);
+            if let Some(sender) = self.usable(entry) {
+                return Some(sender);
             }
         }
         None
     }
 
+    /// The connection of `entry` if it may carry another request: still
+    /// open, and idle for less than the limit (pooled or pinned alike).
+    fn usable(&self, entry: Idle) -> Option<Sender> {
+        (!entry.sender.is_closed() && entry.since.elapsed() < self.settings.pool_idle_timeout)
+            .then_some(entry.sender)
+    }
+
     /// Returns a connection whose last exchange is complete.
     pub fn checkin(&self, sender: Sender) {
-        if sender.is_closed() {
+        self.keep(Idle {
+            sender,
+            since: Instant::now(),
+        });
+    }
+
+    fn keep(&self, entry: Idle) {
+        if entry.sender.is_closed() {
             return;
         }
         let now = Instant::now();
@@ -138,7 +151,7 @@ impl Pool {
         {
             idle.pop_front();
         }
-        idle.push_back(Idle { sender, since: now });
+        idle.push_back(entry);
     }
 
     /// Opens a new connection; its I/O runs in its own task until the
@@ -190,19 +203,23 @@ impl Pool {
 /// one a request acquires, so every request still goes to the active backend.
 #[derive(Default)]
 pub struct Pinned {
-    slot: Mutex<Option<(u64, Sender)>>,
+    slot: Mutex<Option<(u64, Idle)>>,
 }
 
 impl Pinned {
-    /// The pinned connection if it belongs to generation `id`; a connection
-    /// of an older generation is dropped here.
-    pub fn take(&self, id: u64) -> Option<Sender> {
-        let (pinned_id, sender) = self.slot.lock().expect("pinned slot poisoned").take()?;
-        (pinned_id == id && !sender.is_closed()).then_some(sender)
+    /// The pinned connection if it belongs to generation `id` and `pool`
+    /// would still reuse it; otherwise it is dropped here.
+    pub fn take(&self, id: u64, pool: &Pool) -> Option<Sender> {
+        let (pinned_id, entry) = self.slot.lock().expect("pinned slot poisoned").take()?;
+        (pinned_id == id).then(|| pool.usable(entry)).flatten()
     }
 
     pub fn put(&self, id: u64, sender: Sender) {
-        *self.slot.lock().expect("pinned slot poisoned") = Some((id, sender));
+        let entry = Idle {
+            sender,
+            since: Instant::now(),
+        };
+        *self.slot.lock().expect("pinned slot poisoned") = Some((id, entry));
     }
 
     /// Hands the pinned connection to its generation's pool when the client
@@ -210,19 +227,13 @@ impl Pinned {
     /// Only an idle connection goes back: one whose client left in the
     /// middle of a response is closing and is dropped.
     pub fn release_to(&self, id: u64, pool: &Pool) {
-        if let Some(sender) = self.take(id).filter(|s| s.is_ready()) {
-            pool.checkin(sender);
+        let pinned = self.slot.lock().expect("pinned slot poisoned").take();
+        if let Some((pinned_id, entry)) = pinned {
+            if pinned_id == id && entry.sender.is_ready() {
+                pool.keep(entry);
+            }
         }
     }
-}
-
-/// Shared by the request and the response body: where a connection goes back
-/// once its exchange is complete.
-pub enum Home {
-    /// Back into the client connection's pin (HTTP/1 clients).
-    Pinned(Arc<Pinned>),
-    /// Back into the generation's pool (HTTP/2 streams).
-    Pool,
 }
 
 /// The message an upstream read fails with when the backend stayed silent
