@@ -2,13 +2,18 @@
 
 use crate::drain::InFlight;
 use crate::observe::Exchange;
-use crate::upstream::Sender;
+use crate::upstream::decode::{Decoder, Step};
+use crate::upstream::{Conn, Pinned};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
+use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
+// The upstream variant is large (its connection travels with it) and moves
+// once per request; boxing it would cost an allocation per request instead.
+#[allow(clippy::large_enum_variant)]
 /// Either a backend's streamed body, which keeps its request counted on its
 /// generation until hyper drops it, or a short body the proxy made itself.
 pub enum ProxyBody {
@@ -16,37 +21,100 @@ pub enum ProxyBody {
     Local(Option<Bytes>),
 }
 
-/// A backend's body on its way to the client.
+/// A backend's body on its way to the client, read straight off the
+/// upstream connection.
 pub struct UpstreamBody {
-    inner: Incoming,
+    /// `None` once the body has ended (or failed).
+    conn: Option<Conn>,
+    decoder: Decoder,
+    /// The connection may carry another exchange after this body.
+    reusable: bool,
+    /// Where the connection goes when the body is complete: the client
+    /// connection's pin (HTTP/1 clients) or else the generation's pool.
+    home: Option<Arc<Pinned>>,
     in_flight: InFlight,
     exchange: Option<Exchange>,
-    /// The connection it arrives on, when it goes back to the generation's
-    /// pool (HTTP/2 streams): only once the body was read to its end, since
-    /// a connection with half a response on it cannot carry another.
-    lease: Option<Sender>,
-    ended: bool,
 }
 
-impl Drop for UpstreamBody {
-    fn drop(&mut self) {
-        if let Some(sender) = self.lease.take() {
-            if self.ended || self.inner.is_end_stream() {
-                self.in_flight.generation().pool.checkin(sender);
+impl UpstreamBody {
+    /// The body is complete: a connection with nothing after the response
+    /// goes home at once, before the last bytes reach the client, so the
+    /// client's next request finds it there.
+    fn complete(&mut self) {
+        let Some(conn) = self.conn.take() else { return };
+        if !self.reusable || !conn.buf.is_empty() {
+            return;
+        }
+        let generation = self.in_flight.generation();
+        match &self.home {
+            Some(pinned) => pinned.put(generation.id, conn, &generation.pool),
+            None => generation.pool.checkin(conn),
+        }
+    }
+
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
+        loop {
+            let Some(conn) = self.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match self.decoder.decode(&mut conn.buf) {
+                Ok(Step::Data(data)) => {
+                    if self.decoder.is_done() {
+                        self.complete();
+                    }
+                    return Poll::Ready(Some(Ok(data)));
+                }
+                Ok(Step::End) => {
+                    self.complete();
+                    return Poll::Ready(None);
+                }
+                Err(msg) => {
+                    self.conn = None;
+                    return Poll::Ready(Some(Err(io::Error::new(io::ErrorKind::InvalidData, msg))));
+                }
+                Ok(Step::More) => {}
+            }
+            match conn.poll_fill(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) => {
+                    self.conn = None;
+                    if !self.decoder.eof() {
+                        return Poll::Ready(Some(Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "backend closed the connection before the body's end",
+                        ))));
+                    }
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => {
+                    self.conn = None;
+                    return Poll::Ready(Some(Err(e)));
+                }
             }
         }
     }
 }
 
 impl ProxyBody {
-    pub fn upstream(inner: Incoming, in_flight: InFlight, lease: Option<Sender>) -> Self {
-        ProxyBody::Upstream(UpstreamBody {
-            inner,
+    pub fn upstream(
+        conn: Conn,
+        decoder: Decoder,
+        reusable: bool,
+        home: Option<Arc<Pinned>>,
+        in_flight: InFlight,
+    ) -> Self {
+        let mut body = UpstreamBody {
+            conn: Some(conn),
+            decoder,
+            reusable,
+            home,
             in_flight,
             exchange: None,
-            lease,
-            ended: false,
-        })
+        };
+        if body.decoder.is_done() {
+            body.complete();
+        }
+        ProxyBody::Upstream(body)
     }
 
     pub fn local(bytes: impl Into<Bytes>) -> Self {
@@ -72,23 +140,20 @@ impl ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = io::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         match self.get_mut() {
             ProxyBody::Upstream(body) => {
-                let polled = Pin::new(&mut body.inner).poll_frame(cx);
-                match (&polled, &mut body.exchange) {
-                    (Poll::Ready(Some(Ok(frame))), Some(exchange)) => {
-                        exchange.bytes += frame.data_ref().map_or(0, |d| d.len() as u64);
-                    }
-                    (Poll::Ready(None), _) => body.ended = true,
-                    _ => {}
+                let polled = body.poll_next(cx);
+                if let (Poll::Ready(Some(Ok(data))), Some(exchange)) = (&polled, &mut body.exchange)
+                {
+                    exchange.bytes += data.len() as u64;
                 }
-                polled
+                polled.map(|o| o.map(|r| r.map(Frame::data)))
             }
             ProxyBody::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
         }
@@ -96,14 +161,17 @@ impl Body for ProxyBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ProxyBody::Upstream(body) => body.inner.is_end_stream(),
+            ProxyBody::Upstream(body) => body.conn.is_none() || body.decoder.is_done(),
             ProxyBody::Local(bytes) => bytes.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ProxyBody::Upstream(body) => body.inner.size_hint(),
+            ProxyBody::Upstream(body) => match body.decoder.remaining() {
+                Some(n) => SizeHint::with_exact(n),
+                None => SizeHint::default(),
+            },
             ProxyBody::Local(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }

@@ -7,9 +7,11 @@ use crate::limits::RequestBody;
 use crate::metrics::{Metrics, UpstreamError};
 use crate::observe::Exchange;
 use crate::router::Router;
-use crate::upstream::{self, ConnectError, Pinned, Sender};
+use crate::upstream::decode::Decoder;
+use crate::upstream::http1::{self, ExchangeError, Head};
+use crate::upstream::{self, Conn, ConnectError, Pinned};
 use http::{header, uri, HeaderValue, Request, Response, StatusCode, Uri, Version};
-use hyper::body::Incoming;
+use http_body::Body;
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,15 +20,16 @@ use std::sync::Arc;
 pub struct ClientConn {
     /// The peer as an `X-Forwarded-For` entry, formatted once.
     pub forwarded_for: HeaderValue,
-    /// The upstream connection its last HTTP/1 request used.
-    pub pinned: Pinned,
+    /// The upstream connection its last HTTP/1 request used; shared with
+    /// the response body, which puts the connection back when it ends.
+    pub pinned: Arc<Pinned>,
 }
 
 impl ClientConn {
     pub fn new(peer: SocketAddr) -> Self {
         Self {
             forwarded_for: headers::forwarded_for(peer.ip()),
-            pinned: Pinned::default(),
+            pinned: Arc::default(),
         }
     }
 }
@@ -62,7 +65,7 @@ impl Forwarder {
         client: &ClientConn,
         proto: &'static str,
         exchange: &mut Exchange,
-        pinned: Option<&Pinned>,
+        pinned: Option<&Arc<Pinned>>,
     ) -> Response<ProxyBody> {
         let Some(in_flight) = self.router.acquire() else {
             return local(StatusCode::SERVICE_UNAVAILABLE, "no backend configured\n");
@@ -75,19 +78,20 @@ impl Forwarder {
         }
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
-        let sent = send(generation, pinned, req);
         // The backend's silence is timed by its connection (see `upstream`).
-        let (mut resp, sender) = match sent.await {
+        let (head, conn) = match send(generation, pinned, &mut req, upgrade).await {
+            Ok(pair) => pair,
             Err(SendError::Connect(e)) => {
                 self.metrics.upstream_error(UpstreamError::Connect);
                 tracing::warn!(backend = %generation.addr, error = %e, "upstream failed");
                 return local(StatusCode::BAD_GATEWAY, "upstream unavailable\n");
             }
+            // The client's body, not the backend, failed the exchange.
+            Err(SendError::Exchange(ExchangeError::Body(e))) => {
+                let r = crate::limits::body_fault(&e).unwrap_or_else(crate::limits::too_large);
+                return local(r.status, r.reason);
+            }
             Err(SendError::Exchange(e)) => {
-                // The client's body, not the backend, failed the exchange.
-                if let Some(r) = crate::limits::body_fault(&e) {
-                    return local(r.status, r.reason);
-                }
                 if upstream::is_response_timeout(&e) {
                     self.metrics.upstream_error(UpstreamError::Timeout);
                     return local(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n");
@@ -96,82 +100,81 @@ impl Forwarder {
                 tracing::warn!(backend = %generation.addr, error = %error_chain(&e), "upstream failed");
                 return local(StatusCode::BAD_GATEWAY, "upstream unavailable\n");
             }
-            Ok(pair) => pair,
         };
-
-        if let (StatusCode::SWITCHING_PROTOCOLS, Some(client_upgrade)) =
-            (resp.status(), client_upgrade)
-        {
-            // The connection now belongs to the tunnel; `sender` is spent.
-            let upstream_upgrade = hyper::upgrade::on(&mut resp);
-            tokio::spawn(tunnel(client_upgrade, upstream_upgrade, in_flight));
-            return resp.map(|_| ProxyBody::empty());
+        let Head {
+            status,
+            mut headers,
+            framing,
+            reusable,
+        } = head;
+        let mut resp = Response::new(());
+        *resp.status_mut() = status;
+        if let (StatusCode::SWITCHING_PROTOCOLS, Some(client_upgrade)) = (status, client_upgrade) {
+            // The connection now belongs to the tunnel.
+            headers::strip_hop_by_hop(&mut headers, true);
+            *resp.headers_mut() = headers;
+            tokio::spawn(tunnel(client_upgrade, conn, in_flight));
+            return resp.map(|()| ProxyBody::empty());
         }
+        headers::strip_hop_by_hop(&mut headers, false);
+        *resp.headers_mut() = headers;
         // An HTTP/1 client sends its next request only after this response,
-        // so its pin can take the connection back now; the next request waits
-        // for it to be ready. HTTP/2 streams return it to the pool once the
-        // body has been read to its end.
-        let lease = match pinned {
-            Some(pinned) => {
-                pinned.put(generation.id, sender);
-                None
-            }
-            None => Some(sender),
-        };
-        headers::strip_hop_by_hop(resp.headers_mut(), false);
-        // hyper frames the client side itself; an HTTP/1.0 backend must not
-        // turn the client's keep-alive connection into HTTP/1.0.
-        *resp.version_mut() = Version::HTTP_11;
-        resp.map(|body| ProxyBody::upstream(body, in_flight, lease))
+        // so the connection waits in its pin; HTTP/2 streams share the pool.
+        let home = pinned.cloned();
+        let body = ProxyBody::upstream(conn, Decoder::new(framing), reusable, home, in_flight);
+        resp.map(|()| body)
     }
 }
 
 enum SendError {
     Connect(ConnectError),
-    Exchange(hyper::Error),
+    Exchange(ExchangeError),
 }
 
 /// Sends on the client's pinned connection when it belongs to `generation`,
-/// else on one from the generation's pool. A request that a reused
-/// connection could not even start sending (the backend closed it while
-/// idle) is sent again on a new connection, as every HTTP client does.
+/// else on one from the generation's pool. A request without a body that a
+/// reused connection failed before any answer (the backend closed it while
+/// idle) is sent once more on a new connection, as HTTP clients do.
 async fn send(
     generation: &Generation,
-    pinned: Option<&Pinned>,
-    req: Request<RequestBody>,
-) -> Result<(Response<Incoming>, Sender), SendError> {
-    let pinned = match pinned.and_then(|p| p.take(generation.id, &generation.pool)) {
-        Some(mut sender) => sender.ready().await.is_ok().then_some(sender),
-        None => None,
-    };
-    let (mut sender, reused) = match pinned {
-        Some(sender) => (sender, true),
+    pinned: Option<&Arc<Pinned>>,
+    req: &mut Request<RequestBody>,
+    upgrade: bool,
+) -> Result<(Head, Conn), SendError> {
+    let has_body = !req.body().is_end_stream();
+    let (wire, chunked) = http1::encode_head(req, has_body);
+    let method = req.method().clone();
+    let (mut conn, reused) = match pinned.and_then(|p| p.take(generation.id, &generation.pool)) {
+        Some(conn) => (conn, true),
         // Boxed, like the retry below: the connect path is rare and its
         // future is large; unboxed, every request would carry (and copy) it.
         None => Box::pin(generation.pool.checkout())
             .await
             .map_err(SendError::Connect)?,
     };
-    match sender.try_send_request(req).await {
-        Ok(resp) => Ok((resp, sender)),
-        Err(mut e) => match e.take_message() {
-            Some(req) if reused => Box::pin(resend(generation, req)).await,
-            _ => Err(SendError::Exchange(e.into_error())),
-        },
+    let body = has_body.then(|| req.body_mut());
+    match http1::exchange(&mut conn, &wire, chunked, body, &method, upgrade).await {
+        Ok(head) => Ok((head, conn)),
+        Err(e) if reused && !has_body && e.is_stale() => {
+            Box::pin(resend(generation, &wire, &method, upgrade)).await
+        }
+        Err(e) => Err(SendError::Exchange(e)),
     }
 }
 
 async fn resend(
     generation: &Generation,
-    req: Request<RequestBody>,
-) -> Result<(Response<Incoming>, Sender), SendError> {
-    let mut sender = generation
+    wire: &[u8],
+    method: &http::Method,
+    upgrade: bool,
+) -> Result<(Head, Conn), SendError> {
+    let mut conn = generation
         .pool
         .connect()
         .await
         .map_err(SendError::Connect)?;
-    match sender.send_request(req).await {
-        Ok(resp) => Ok((resp, sender)),
+    match http1::exchange(&mut conn, wire, false, None, method, upgrade).await {
+        Ok(head) => Ok((head, conn)),
         Err(e) => Err(SendError::Exchange(e)),
     }
 }
@@ -226,20 +229,23 @@ fn prepare(
 
 /// Copies bytes both ways for an upgraded connection. The in-flight guard
 /// lives as long as the tunnel, so a WebSocket is drained, not cut.
-async fn tunnel(
-    client: hyper::upgrade::OnUpgrade,
-    upstream: hyper::upgrade::OnUpgrade,
-    in_flight: InFlight,
-) {
-    let (client, upstream) = match tokio::try_join!(client, upstream) {
-        Ok(pair) => pair,
+async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: Conn, in_flight: InFlight) {
+    let client = match client.await {
+        Ok(client) => client,
         Err(e) => {
             tracing::debug!(error = %e, "upgrade failed");
             return;
         }
     };
     let mut client = TokioIo::new(client);
-    let mut upstream = TokioIo::new(upstream);
+    let (mut upstream, early) = upstream.into_parts();
+    // What the backend sent right after its 101 was read with the head.
+    if !early.is_empty() {
+        if let Err(e) = tokio::io::AsyncWriteExt::write_all(&mut client, &early).await {
+            tracing::debug!(error = %e, "upgraded connection ended");
+            return;
+        }
+    }
     if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
         tracing::debug!(error = %e, "upgraded connection ended");
     }

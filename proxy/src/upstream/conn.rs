@@ -1,0 +1,127 @@
+//! One upstream TCP connection with its read buffer and silence timer.
+//!
+//! The proxy speaks HTTP/1.1 to backends itself (see `http1`), inside the
+//! task of the client request, so a connection is a plain socket plus the
+//! bytes read from it and not yet used: no connection task, no channel.
+
+use crate::deadline::LazyDeadline;
+use bytes::BytesMut;
+use std::future::poll_fn;
+use std::io;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+use tokio::io::AsyncWrite;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// Free space below which the read buffer grows before a read.
+const MIN_SPARE: usize = 2048;
+/// How much it grows by: most response heads and small bodies fit in one read.
+const GROW: usize = 16 * 1024;
+
+/// The message a read or write fails with when the backend stayed silent
+/// too long; [`super::is_response_timeout`] recognises it.
+pub(super) const SILENT: &str = "backend sent nothing within the upstream timeout";
+
+pub struct Conn {
+    tcp: TcpStream,
+    /// Read from the backend and not yet consumed.
+    pub(crate) buf: BytesMut,
+    /// How long the backend may stay silent while the proxy waits on it
+    /// (nginx's `proxy_read_timeout` and `proxy_send_timeout` in one).
+    timeout: Duration,
+    /// Last time bytes moved either way; the silence is measured from it.
+    last_progress: Instant,
+    /// Why one timer per connection and not a `tokio::time::timeout` per
+    /// request: registering and removing a timer on every request was
+    /// measurable in the profile; see `deadline`.
+    timer: LazyDeadline,
+}
+
+impl Conn {
+    pub fn new(tcp: TcpStream, timeout: Duration) -> Self {
+        Self {
+            tcp,
+            buf: BytesMut::new(),
+            timeout,
+            last_progress: Instant::now(),
+            timer: LazyDeadline::default(),
+        }
+    }
+
+    /// Reads whatever the backend has sent into `buf`; `Ok(0)` is its end of
+    /// stream. Fails with a timeout once the backend has been silent too long.
+    pub fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        loop {
+            match self.tcp.poll_read_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return self.poll_silence(cx).map(Err),
+            }
+            if self.buf.capacity() - self.buf.len() < MIN_SPARE {
+                self.buf.reserve(GROW);
+            }
+            match self.tcp.try_read_buf(&mut self.buf) {
+                Ok(n) => {
+                    if n > 0 {
+                        self.last_progress = Instant::now();
+                    }
+                    return Poll::Ready(Ok(n));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    /// Writes all of `data`; the backend not taking it for the silence
+    /// timeout fails the write.
+    pub async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        // A request starts the backend's clock, whatever it did before.
+        self.last_progress = Instant::now();
+        let mut written = 0;
+        poll_fn(|cx| {
+            while written < data.len() {
+                match std::pin::Pin::new(&mut self.tcp).poll_write(cx, &data[written..]) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(n)) => written += n,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return self.poll_silence(cx).map(Err),
+                }
+            }
+            Poll::Ready(Ok(()))
+        })
+        .await?;
+        self.last_progress = Instant::now();
+        Ok(())
+    }
+
+    fn poll_silence(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        self.timer
+            .poll_passed(cx, self.last_progress + self.timeout)
+            .map(|()| io::Error::new(io::ErrorKind::TimedOut, SILENT))
+    }
+
+    /// Whether an idle connection can carry another request: the backend
+    /// has neither closed it nor sent anything unasked. Costs no system call
+    /// unless the socket has become readable since it was last read.
+    pub fn is_open(&self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.tcp.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => {
+                let mut probe = [0u8; 1];
+                matches!(self.tcp.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+
+    /// The socket and the bytes already read from it, for a tunnel.
+    pub fn into_parts(self) -> (TcpStream, BytesMut) {
+        (self.tcp, self.buf)
+    }
+}

@@ -1,0 +1,339 @@
+//! Where a response body ends (RFC 9112 §6.3), and taking it off the
+//! connection's read buffer frame by frame.
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap};
+use http::{Method, StatusCode};
+
+/// How the end of a response body is found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body whatever the headers say: HEAD, 204, 304.
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Read until the backend closes; the connection is spent after it.
+    Close,
+}
+
+impl Framing {
+    /// The framing of a final response, or why it cannot be trusted. Only
+    /// unambiguous framing is accepted: a response a smuggler shaped (both
+    /// length and chunking, lengths that disagree) is refused, as nginx does.
+    pub fn of(
+        method: &Method,
+        status: StatusCode,
+        headers: &HeaderMap,
+    ) -> Result<Self, &'static str> {
+        if *method == Method::HEAD
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+        {
+            return Ok(Framing::Empty);
+        }
+        let te = headers.get_all(header::TRANSFER_ENCODING);
+        let mut codings = te.iter().peekable();
+        if codings.peek().is_some() {
+            if headers.contains_key(header::CONTENT_LENGTH) {
+                return Err("both Content-Length and Transfer-Encoding");
+            }
+            let only_chunked = codings
+                .all(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"))
+                && te.iter().count() == 1;
+            return if only_chunked {
+                Ok(Framing::Chunked)
+            } else {
+                Err("unsupported Transfer-Encoding")
+            };
+        }
+        let mut length = None;
+        for value in headers.get_all(header::CONTENT_LENGTH) {
+            for part in value.as_bytes().split(|&b| b == b',') {
+                let n = parse_decimal(part.trim_ascii()).ok_or("invalid Content-Length")?;
+                if length.is_some_and(|l| l != n) {
+                    return Err("conflicting Content-Length values");
+                }
+                length = Some(n);
+            }
+        }
+        Ok(length.map_or(Framing::Close, Framing::Length))
+    }
+
+    /// Whether the body's end is marked in the stream, so the connection
+    /// can carry another exchange after it.
+    pub fn delimited(self) -> bool {
+        self != Framing::Close
+    }
+}
+
+fn parse_decimal(b: &[u8]) -> Option<u64> {
+    if b.is_empty() || b.len() > 19 || !b.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(b.iter().fold(0, |n, &c| n * 10 + u64::from(c - b'0')))
+}
+
+/// What the next call found in the buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    Data(Bytes),
+    /// The body is complete.
+    End,
+    /// More bytes must be read first.
+    More,
+}
+
+/// Chunk-size and trailer lines longer than this are refused.
+const MAX_LINE: usize = 4096;
+
+#[derive(Debug)]
+enum State {
+    Length(u64),
+    ChunkSize,
+    ChunkData(u64),
+    ChunkEnd,
+    Trailer,
+    Close,
+    Done,
+}
+
+#[derive(Debug)]
+pub struct Decoder {
+    state: State,
+}
+
+impl Decoder {
+    pub fn new(framing: Framing) -> Self {
+        let state = match framing {
+            Framing::Empty | Framing::Length(0) => State::Done,
+            Framing::Length(n) => State::Length(n),
+            Framing::Chunked => State::ChunkSize,
+            Framing::Close => State::Close,
+        };
+        Self { state }
+    }
+
+    pub fn is_done(&self) -> bool {
+        matches!(self.state, State::Done)
+    }
+
+    /// The body ends where the connection does; a premature close of any
+    /// other framing is an error.
+    pub fn eof(&mut self) -> bool {
+        let ok = matches!(self.state, State::Close | State::Done);
+        self.state = State::Done;
+        ok
+    }
+
+    /// Bytes still to come, when known.
+    pub fn remaining(&self) -> Option<u64> {
+        match self.state {
+            State::Length(n) => Some(n),
+            State::Done => Some(0),
+            _ => None,
+        }
+    }
+
+    /// Takes the next piece of body (or framing) off `buf`.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Step, &'static str> {
+        loop {
+            match self.state {
+                State::Done => return Ok(Step::End),
+                State::Length(n) | State::ChunkData(n) if buf.is_empty() => {
+                    let _ = n;
+                    return Ok(Step::More);
+                }
+                State::Length(n) => {
+                    let data = take(buf, n);
+                    let left = n - data.len() as u64;
+                    self.state = if left == 0 {
+                        State::Done
+                    } else {
+                        State::Length(left)
+                    };
+                    return Ok(Step::Data(data));
+                }
+                State::ChunkData(n) => {
+                    let data = take(buf, n);
+                    let left = n - data.len() as u64;
+                    self.state = if left == 0 {
+                        State::ChunkEnd
+                    } else {
+                        State::ChunkData(left)
+                    };
+                    return Ok(Step::Data(data));
+                }
+                State::Close if buf.is_empty() => return Ok(Step::More),
+                State::Close => return Ok(Step::Data(buf.split().freeze())),
+                State::ChunkEnd => {
+                    if buf.len() < 2 {
+                        return Ok(Step::More);
+                    }
+                    if &buf[..2] != b"\r\n" {
+                        return Err("chunk not followed by CRLF");
+                    }
+                    let _ = buf.split_to(2);
+                    self.state = State::ChunkSize;
+                }
+                State::ChunkSize => {
+                    let Some(line) = line(buf)? else {
+                        return Ok(Step::More);
+                    };
+                    let size = chunk_size(&line)?;
+                    self.state = if size == 0 {
+                        State::Trailer
+                    } else {
+                        State::ChunkData(size)
+                    };
+                }
+                State::Trailer => {
+                    let Some(line) = line(buf)? else {
+                        return Ok(Step::More);
+                    };
+                    // Trailer fields are not forwarded; the empty line ends the body.
+                    if line.is_empty() {
+                        self.state = State::Done;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn take(buf: &mut BytesMut, max: u64) -> Bytes {
+    let n = usize::try_from(max).unwrap_or(usize::MAX).min(buf.len());
+    buf.split_to(n).freeze()
+}
+
+/// One CRLF-terminated line off `buf`, without its CRLF.
+fn line(buf: &mut BytesMut) -> Result<Option<BytesMut>, &'static str> {
+    let Some(lf) = memchr::memchr(b'\n', buf) else {
+        return if buf.len() > MAX_LINE {
+            Err("chunk line too long")
+        } else {
+            Ok(None)
+        };
+    };
+    if lf == 0 || buf[lf - 1] != b'\r' {
+        return Err("bare LF in chunked framing");
+    }
+    let mut line = buf.split_to(lf + 1);
+    line.truncate(lf - 1);
+    Ok(Some(line))
+}
+
+/// `1*HEXDIG [ BWS ";" chunk-ext ]`
+fn chunk_size(line: &[u8]) -> Result<u64, &'static str> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 || digits > 16 {
+        return Err("invalid chunk size");
+    }
+    let rest = line[digits..].trim_ascii_start();
+    if !(rest.is_empty() || rest[0] == b';') {
+        return Err("invalid chunk size");
+    }
+    let hex = std::str::from_utf8(&line[..digits]).map_err(|_| "invalid chunk size")?;
+    u64::from_str_radix(hex, 16).map_err(|_| "invalid chunk size")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Decodes `wire` fed in pieces of `step` bytes; returns the body.
+    fn run(framing: Framing, wire: &[u8], step: usize) -> Result<(Vec<u8>, usize), &'static str> {
+        let mut d = Decoder::new(framing);
+        let mut buf = BytesMut::new();
+        let mut body = Vec::new();
+        let mut fed = 0;
+        loop {
+            match d.decode(&mut buf)? {
+                Step::Data(b) => body.extend_from_slice(&b),
+                Step::End => return Ok((body, buf.len())),
+                Step::More if fed < wire.len() => {
+                    let n = step.min(wire.len() - fed);
+                    buf.extend_from_slice(&wire[fed..fed + n]);
+                    fed += n;
+                }
+                Step::More => return Err("incomplete"),
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_bodies_decode_whatever_the_read_sizes() {
+        let wire = b"5;ext=1\r\nhello\r\n6 \r\n world\r\n0\r\nx-t: 1\r\n\r\nNEXT";
+        for step in [1, 2, 3, 7, 100] {
+            let (body, left) = run(Framing::Chunked, wire, step).unwrap();
+            assert_eq!(body, b"hello world", "step {step}");
+            // What follows the body stays for the next exchange.
+            assert!(left <= 4);
+        }
+    }
+
+    #[test]
+    fn bad_chunk_framing_is_an_error() {
+        for wire in [
+            &b"x\r\nhi\r\n0\r\n\r\n"[..],
+            b"2\nhi\r\n0\r\n\r\n",
+            b"2\r\nhiX\r\n0\r\n\r\n",
+            b"11111111111111111\r\n",
+            b"-2\r\nhi\r\n",
+            b"2 x\r\nhi\r\n0\r\n\r\n",
+        ] {
+            assert!(run(Framing::Chunked, wire, 100).is_err(), "{wire:?}");
+        }
+    }
+
+    #[test]
+    fn a_length_body_stops_at_its_length() {
+        let (body, left) = run(Framing::Length(5), b"helloEXTRA", 3).unwrap();
+        assert_eq!(body, b"hello");
+        assert_eq!(left, 1, "only the last read's overshoot is left");
+        assert_eq!(run(Framing::Empty, b"", 1).unwrap().0, b"");
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let h = |pairs: &[(&'static str, &'static str)]| {
+            let mut m = HeaderMap::new();
+            for (k, v) in pairs {
+                m.append(*k, v.parse().unwrap());
+            }
+            m
+        };
+        let ok = StatusCode::OK;
+        assert_eq!(
+            Framing::of(&Method::HEAD, ok, &h(&[("content-length", "9")])),
+            Ok(Framing::Empty)
+        );
+        assert_eq!(
+            Framing::of(&Method::GET, StatusCode::NOT_MODIFIED, &h(&[])),
+            Ok(Framing::Empty)
+        );
+        assert_eq!(
+            Framing::of(&Method::GET, ok, &h(&[("content-length", "9")])),
+            Ok(Framing::Length(9))
+        );
+        assert_eq!(
+            Framing::of(&Method::GET, ok, &h(&[("transfer-encoding", "Chunked")])),
+            Ok(Framing::Chunked)
+        );
+        assert_eq!(Framing::of(&Method::GET, ok, &h(&[])), Ok(Framing::Close));
+        assert!(Framing::of(
+            &Method::GET,
+            ok,
+            &h(&[("transfer-encoding", "gzip, chunked")])
+        )
+        .is_err());
+        assert!(Framing::of(
+            &Method::GET,
+            ok,
+            &h(&[
+                ("transfer-encoding", "chunked"),
+                ("transfer-encoding", "chunked")
+            ])
+        )
+        .is_err());
+    }
+}
