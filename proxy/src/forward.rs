@@ -8,9 +8,10 @@ use crate::metrics::{Metrics, UpstreamError};
 use crate::observe::Exchange;
 use crate::router::Router;
 use crate::upstream::decode::Decoder;
+use crate::upstream::encode::{self, Forwarding};
 use crate::upstream::http1::{self, ExchangeError, Head};
 use crate::upstream::{self, Conn, ConnectError, Pinned};
-use http::{header, uri, HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::Body;
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
@@ -73,13 +74,29 @@ impl Forwarder {
         let generation = in_flight.generation();
         exchange.backend = Some((generation.addr.clone(), generation.id));
         let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
-        if let Err(status) = prepare(&mut req, &in_flight, client, proto, upgrade) {
-            return local(status, "bad request\n");
-        }
+        let has_body = !req.body().is_end_stream();
+        let (wire, chunked) = encode::request_head(
+            &req,
+            &Forwarding {
+                client: &client.forwarded_for,
+                proto,
+                fallback_host: generation.addr.as_str(),
+            },
+            upgrade,
+            has_body,
+        );
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
         // The backend's silence is timed by its connection (see `upstream`).
-        let (head, conn) = match send(generation, pinned, &mut req, upgrade).await {
+        let method = req.method().clone();
+        let request = Outgoing {
+            wire: &wire,
+            chunked,
+            body: has_body.then(|| req.body_mut()),
+            method,
+            upgrade,
+        };
+        let (head, conn) = match send(generation, pinned, request).await {
             Ok(pair) => pair,
             Err(SendError::Connect(e)) => {
                 self.metrics.upstream_error(UpstreamError::Connect);
@@ -131,6 +148,15 @@ enum SendError {
     Exchange(ExchangeError),
 }
 
+/// A request ready for the backend.
+struct Outgoing<'a> {
+    wire: &'a [u8],
+    chunked: bool,
+    body: Option<&'a mut RequestBody>,
+    method: Method,
+    upgrade: bool,
+}
+
 /// Sends on the client's pinned connection when it belongs to `generation`,
 /// else on one from the generation's pool. A request without a body that a
 /// reused connection failed before any answer (the backend closed it while
@@ -138,12 +164,8 @@ enum SendError {
 async fn send(
     generation: &Generation,
     pinned: Option<&Arc<Pinned>>,
-    req: &mut Request<RequestBody>,
-    upgrade: bool,
+    req: Outgoing<'_>,
 ) -> Result<(Head, Conn), SendError> {
-    let has_body = !req.body().is_end_stream();
-    let (wire, chunked) = http1::encode_head(req, has_body);
-    let method = req.method().clone();
     let (mut conn, reused) = match pinned.and_then(|p| p.take(generation.id, &generation.pool)) {
         Some(conn) => (conn, true),
         // Boxed, like the retry below: the connect path is rare and its
@@ -152,11 +174,19 @@ async fn send(
             .await
             .map_err(SendError::Connect)?,
     };
-    let body = has_body.then(|| req.body_mut());
-    match http1::exchange(&mut conn, &wire, chunked, body, &method, upgrade).await {
+    let has_body = req.body.is_some();
+    let exchange = http1::exchange(
+        &mut conn,
+        req.wire,
+        req.chunked,
+        req.body,
+        &req.method,
+        req.upgrade,
+    );
+    match exchange.await {
         Ok(head) => Ok((head, conn)),
         Err(e) if reused && !has_body && e.is_stale() => {
-            Box::pin(resend(generation, &wire, &method, upgrade)).await
+            Box::pin(resend(generation, req.wire, &req.method, req.upgrade)).await
         }
         Err(e) => Err(SendError::Exchange(e)),
     }
@@ -165,7 +195,7 @@ async fn send(
 async fn resend(
     generation: &Generation,
     wire: &[u8],
-    method: &http::Method,
+    method: &Method,
     upgrade: bool,
 ) -> Result<(Head, Conn), SendError> {
     let mut conn = generation
@@ -177,54 +207,6 @@ async fn resend(
         Ok(head) => Ok((head, conn)),
         Err(e) => Err(SendError::Exchange(e)),
     }
-}
-
-/// Rewrites the request for the backend: origin-form target, HTTP/1.1,
-/// hop-by-hop headers out, forwarding headers in, `Host` kept.
-fn prepare(
-    req: &mut Request<RequestBody>,
-    in_flight: &InFlight,
-    client: &ClientConn,
-    proto: &'static str,
-    upgrade: bool,
-) -> Result<(), StatusCode> {
-    let host = match req.headers().get(header::HOST) {
-        Some(h) => Some(h.clone()),
-        // HTTP/2 carries the host in :authority; HTTP/1.1 backends want Host.
-        None => req
-            .uri()
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
-    };
-    // Absolute-form (and HTTP/2) targets become origin-form; the usual
-    // origin-form target is left as it is, without a copy.
-    if req.uri().scheme().is_some() || req.uri().authority().is_some() {
-        let path = req
-            .uri()
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| uri::PathAndQuery::from_static("/"));
-        let mut parts = uri::Parts::default();
-        parts.path_and_query = Some(path);
-        *req.uri_mut() = Uri::from_parts(parts).map_err(|_| StatusCode::BAD_REQUEST)?;
-    }
-    *req.version_mut() = Version::HTTP_11;
-
-    let headers = req.headers_mut();
-    headers::strip_hop_by_hop(headers, upgrade);
-    match &host {
-        Some(host) => {
-            headers.insert(header::HOST, host.clone());
-        }
-        // An HTTP/1.0 client may send no Host at all; name the backend.
-        None => {
-            if let Ok(v) = HeaderValue::from_str(in_flight.generation().addr.as_str()) {
-                headers.insert(header::HOST, v);
-            }
-        }
-    }
-    headers::add_forwarded(headers, &client.forwarded_for, proto, host);
-    Ok(())
 }
 
 /// Copies bytes both ways for an upgraded connection. The in-flight guard

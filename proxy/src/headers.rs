@@ -36,7 +36,7 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 }
 
 /// Whether `name` is hop-by-hop whatever `Connection` says.
-fn is_hop_by_hop(name: &HeaderName) -> bool {
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP.iter().any(|h| h == name)
 }
 
@@ -80,30 +80,23 @@ pub fn forwarded_for(client: IpAddr) -> HeaderValue {
         .expect("an IP address is a valid header value")
 }
 
-/// Adds `X-Forwarded-For` (appended), `-Proto` and `-Host` (set).
-pub fn add_forwarded(
-    headers: &mut HeaderMap,
-    client: &HeaderValue,
-    proto: &'static str,
-    host: Option<HeaderValue>,
-) {
-    const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
-    const PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-    const HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-    headers.reserve(3);
-    let value = match headers.get(&XFF).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => {
-            HeaderValue::from_str(&format!("{prev}, {}", client.to_str().unwrap_or_default())).ok()
-        }
-        _ => Some(client.clone()),
-    };
-    if let Some(value) = value {
-        headers.insert(XFF, value);
-    }
-    headers.insert(PROTO, HeaderValue::from_static(proto));
-    if let Some(host) = host {
-        headers.insert(HOST, host);
-    }
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// The forwarding fields the proxy writes itself: a client's own are not
+/// passed on as they are (`X-Forwarded-For` is appended to, the others set).
+pub fn is_forwarding(name: &HeaderName) -> bool {
+    *name == X_FORWARDED_FOR || *name == X_FORWARDED_PROTO || *name == X_FORWARDED_HOST
+}
+
+/// The fields `Connection` names as hop-by-hop for this message; for an
+/// upgrade, `Upgrade` is not among them.
+pub fn connection_named(headers: &HeaderMap, upgrade: bool) -> Vec<HeaderName> {
+    connection_tokens(headers)
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .filter(|n| !(upgrade && *n == header::UPGRADE))
+        .collect()
 }
 
 #[cfg(test)]
@@ -150,20 +143,6 @@ mod tests {
         assert_eq!(h["upgrade"], "websocket");
         assert_eq!(h["connection"], "upgrade");
         assert!(!h.contains_key("keep-alive"));
-    }
-
-    #[test]
-    fn appends_forwarded_for() {
-        let mut h = map(&[("x-forwarded-for", "10.0.0.1")]);
-        add_forwarded(
-            &mut h,
-            &forwarded_for("127.0.0.1".parse().unwrap()),
-            "http",
-            Some(HeaderValue::from_static("ex.com")),
-        );
-        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
-        assert_eq!(h["x-forwarded-proto"], "http");
-        assert_eq!(h["x-forwarded-host"], "ex.com");
     }
 
     #[test]

@@ -2,7 +2,6 @@
 //! connection's read buffer frame by frame.
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap};
 use http::{Method, StatusCode};
 
 /// How the end of a response body is found.
@@ -17,52 +16,56 @@ pub enum Framing {
 }
 
 impl Framing {
+    /// Whether the body's end is marked in the stream, so the connection
+    /// can carry another exchange after it.
+    pub fn delimited(self) -> bool {
+        self != Framing::Close
+    }
+}
+
+/// The framing fields of a response head, gathered as it is read.
+#[derive(Debug, Default)]
+pub struct FramingFields {
+    length: Option<u64>,
+    /// `Transfer-Encoding` fields seen, and whether all said only `chunked`.
+    codings: usize,
+    only_chunked: bool,
+}
+
+impl FramingFields {
+    /// One `Content-Length` field; every value in every field must agree.
+    pub fn content_length(&mut self, value: &[u8]) -> Result<(), &'static str> {
+        for part in value.split(|&b| b == b',') {
+            let n = parse_decimal(part.trim_ascii()).ok_or("invalid Content-Length")?;
+            if self.length.is_some_and(|l| l != n) {
+                return Err("conflicting Content-Length values");
+            }
+            self.length = Some(n);
+        }
+        Ok(())
+    }
+
+    pub fn transfer_encoding(&mut self, value: &[u8]) {
+        self.codings += 1;
+        self.only_chunked = value.trim_ascii().eq_ignore_ascii_case(b"chunked");
+    }
+
     /// The framing of a final response, or why it cannot be trusted. Only
     /// unambiguous framing is accepted: a response a smuggler shaped (both
     /// length and chunking, lengths that disagree) is refused, as nginx does.
-    pub fn of(
-        method: &Method,
-        status: StatusCode,
-        headers: &HeaderMap,
-    ) -> Result<Self, &'static str> {
+    pub fn framing(self, method: &Method, status: StatusCode) -> Result<Framing, &'static str> {
         if *method == Method::HEAD
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED
         {
             return Ok(Framing::Empty);
         }
-        let te = headers.get_all(header::TRANSFER_ENCODING);
-        let mut codings = te.iter().peekable();
-        if codings.peek().is_some() {
-            if headers.contains_key(header::CONTENT_LENGTH) {
-                return Err("both Content-Length and Transfer-Encoding");
-            }
-            let only_chunked = codings
-                .all(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"))
-                && te.iter().count() == 1;
-            return if only_chunked {
-                Ok(Framing::Chunked)
-            } else {
-                Err("unsupported Transfer-Encoding")
-            };
+        match (self.codings, self.length) {
+            (0, length) => Ok(length.map_or(Framing::Close, Framing::Length)),
+            (_, Some(_)) => Err("both Content-Length and Transfer-Encoding"),
+            (1, None) if self.only_chunked => Ok(Framing::Chunked),
+            _ => Err("unsupported Transfer-Encoding"),
         }
-        let mut length = None;
-        for value in headers.get_all(header::CONTENT_LENGTH) {
-            for part in value.as_bytes().split(|&b| b == b',') {
-                let n = parse_decimal(part.trim_ascii()).ok_or("invalid Content-Length")?;
-                if length.is_some_and(|l| l != n) {
-                    return Err("conflicting Content-Length values");
-                }
-                length = Some(n);
-            }
-        }
-        Ok(length.map_or(Framing::Close, Framing::Length))
-    }
-
-    /// Whether the body's end is marked in the stream, so the connection
-    /// can carry another exchange after it.
-    pub fn delimited(self) -> bool {
-        self != Framing::Close
     }
 }
 
@@ -295,45 +298,46 @@ mod tests {
 
     #[test]
     fn framing_follows_rfc_9112() {
-        let h = |pairs: &[(&'static str, &'static str)]| {
-            let mut m = HeaderMap::new();
-            for (k, v) in pairs {
-                m.append(*k, v.parse().unwrap());
+        let of = |method: Method, status: u16, fields: &[(&str, &str)]| {
+            let mut f = FramingFields::default();
+            for (name, value) in fields {
+                match *name {
+                    "content-length" => f.content_length(value.as_bytes())?,
+                    _ => f.transfer_encoding(value.as_bytes()),
+                }
             }
-            m
+            f.framing(&method, StatusCode::from_u16(status).unwrap())
         };
-        let ok = StatusCode::OK;
+        let (get, head) = (Method::GET, Method::HEAD);
         assert_eq!(
-            Framing::of(&Method::HEAD, ok, &h(&[("content-length", "9")])),
+            of(head, 200, &[("content-length", "9")]),
             Ok(Framing::Empty)
         );
+        assert_eq!(of(get.clone(), 304, &[]), Ok(Framing::Empty));
         assert_eq!(
-            Framing::of(&Method::GET, StatusCode::NOT_MODIFIED, &h(&[])),
-            Ok(Framing::Empty)
-        );
-        assert_eq!(
-            Framing::of(&Method::GET, ok, &h(&[("content-length", "9")])),
+            of(get.clone(), 200, &[("content-length", "9")]),
             Ok(Framing::Length(9))
         );
         assert_eq!(
-            Framing::of(&Method::GET, ok, &h(&[("transfer-encoding", "Chunked")])),
+            of(get.clone(), 200, &[("content-length", "9, 9")]),
+            Ok(Framing::Length(9))
+        );
+        assert_eq!(
+            of(get.clone(), 200, &[("transfer-encoding", " Chunked")]),
             Ok(Framing::Chunked)
         );
-        assert_eq!(Framing::of(&Method::GET, ok, &h(&[])), Ok(Framing::Close));
-        assert!(Framing::of(
-            &Method::GET,
-            ok,
-            &h(&[("transfer-encoding", "gzip, chunked")])
-        )
-        .is_err());
-        assert!(Framing::of(
-            &Method::GET,
-            ok,
-            &h(&[
+        assert_eq!(of(get.clone(), 200, &[]), Ok(Framing::Close));
+        for bad in [
+            &[("transfer-encoding", "gzip, chunked")][..],
+            &[
                 ("transfer-encoding", "chunked"),
-                ("transfer-encoding", "chunked")
-            ])
-        )
-        .is_err());
+                ("transfer-encoding", "chunked"),
+            ],
+            &[("content-length", "1"), ("transfer-encoding", "chunked")],
+            &[("content-length", "1"), ("content-length", "2")],
+            &[("content-length", "-1")],
+        ] {
+            assert!(of(get.clone(), 200, bad).is_err(), "{bad:?}");
+        }
     }
 }

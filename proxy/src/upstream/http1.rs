@@ -11,11 +11,11 @@
 //! other than chunked).
 
 use super::conn::Conn;
-use super::decode::Framing;
+use super::decode::{Framing, FramingFields};
 use crate::limits::{BodyError, RequestBody};
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, StatusCode, Version};
+use http::{Method, StatusCode};
 use http_body_util::BodyExt;
 use std::future::poll_fn;
 use std::io;
@@ -61,42 +61,8 @@ pub struct Head {
     pub reusable: bool,
 }
 
-/// The request head in wire form, and whether the body goes chunked.
-/// `body_follows`: the body is not known to be empty, so it must be framed.
-pub fn encode_head(req: &Request<RequestBody>, body_follows: bool) -> (Vec<u8>, bool) {
-    let mut out = Vec::with_capacity(256 + req.headers().len() * 32);
-    out.extend_from_slice(req.method().as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(
-        req.uri()
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .as_bytes(),
-    );
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in req.headers() {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    let mut chunked = false;
-    if !req.headers().contains_key(header::CONTENT_LENGTH) {
-        if body_follows {
-            chunked = true;
-            // A chunked client body, or an HTTP/2 one without a length.
-            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
-        } else if matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH) {
-            // Some servers wait for a body they were not told is empty.
-            out.extend_from_slice(b"content-length: 0\r\n");
-        }
-    }
-    out.extend_from_slice(b"\r\n");
-    (out, chunked)
-}
-
 /// Sends the request and reads the response head. `head` and `chunked` are
-/// [`encode_head`]'s output; a non-empty `body` is streamed after the head.
+/// [`super::encode::request_head`]'s output; a non-empty `body` is streamed after the head.
 pub async fn exchange(
     conn: &mut Conn,
     head: &[u8],
@@ -180,11 +146,19 @@ enum Parsed {
     Partial,
 }
 
-/// Parses one response head off the front of `buf`.
+/// Parses one response head off the front of `buf`. Hop-by-hop fields are
+/// left out of the map as it is built, and the framing fields are read on
+/// the way, so no field is looked up twice.
 fn parse(buf: &mut BytesMut, method: &Method, upgrade: bool) -> Result<Parsed, ExchangeError> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut slots);
-    let len = match resp.parse(buf) {
+    if buf.is_empty() {
+        return Ok(Parsed::Partial);
+    }
+    let mut slots =
+        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, buf, &mut slots);
+    let len = match parsed {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
         Err(httparse::Error::TooManyHeaders) => {
@@ -192,16 +166,11 @@ fn parse(buf: &mut BytesMut, method: &Method, upgrade: bool) -> Result<Parsed, E
         }
         Err(_) => return Err(ExchangeError::Protocol("malformed response head")),
     };
-    let code = resp.code.unwrap_or(0);
-    let status =
-        StatusCode::from_u16(code).map_err(|_| ExchangeError::Protocol("invalid status code"))?;
-    let version = if resp.version == Some(1) {
-        Version::HTTP_11
-    } else {
-        Version::HTTP_10
-    };
-    if status.is_informational() && !(status == StatusCode::SWITCHING_PROTOCOLS && upgrade) {
-        if status == StatusCode::SWITCHING_PROTOCOLS {
+    let status = StatusCode::from_u16(resp.code.unwrap_or(0))
+        .map_err(|_| ExchangeError::Protocol("invalid status code"))?;
+    let tunnel = status == StatusCode::SWITCHING_PROTOCOLS;
+    if status.is_informational() && !(tunnel && upgrade) {
+        if tunnel {
             return Err(ExchangeError::Protocol(
                 "101 to a request that did not ask to upgrade",
             ));
@@ -209,35 +178,88 @@ fn parse(buf: &mut BytesMut, method: &Method, upgrade: bool) -> Result<Parsed, E
         let _ = buf.split_to(len);
         return Ok(Parsed::Interim);
     }
-    // The head's bytes are shared by the header values, not copied.
+
+    // Where each kept field's name and value lie in the head.
     let base = buf.as_ptr() as usize;
-    let offsets: Vec<(HeaderName, usize, usize)> = resp
-        .headers
-        .iter()
-        .map(|h| {
-            let name = HeaderName::from_bytes(h.name.as_bytes())
-                .map_err(|_| ExchangeError::Protocol("invalid header name"))?;
-            let start = h.value.as_ptr() as usize - base;
-            Ok((name, start, start + h.value.len()))
-        })
-        .collect::<Result<_, ExchangeError>>()?;
+    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+    let mut kept = 0;
+    let mut framing = FramingFields::default();
+    let mut close = false;
+    // `Connection` naming fields beyond the usual: those are removed after.
+    let mut named = false;
+    for h in resp.headers.iter() {
+        let name = h.name.as_bytes();
+        let value = h.value;
+        if name.eq_ignore_ascii_case(b"content-length") {
+            framing
+                .content_length(value)
+                .map_err(ExchangeError::Protocol)?;
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            framing.transfer_encoding(value);
+            continue;
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if !(token.is_empty()
+                    || token.eq_ignore_ascii_case(b"keep-alive")
+                    || token.eq_ignore_ascii_case(b"upgrade"))
+                {
+                    named = true;
+                }
+            }
+            if !named {
+                continue;
+            }
+        } else if is_hop_by_hop(name) || (name.eq_ignore_ascii_case(b"upgrade") && !tunnel) {
+            continue;
+        }
+        let at = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
+        spans[kept] = (at(name), name.len() as u32, at(value), value.len() as u32);
+        kept += 1;
+    }
+    let framing = framing
+        .framing(method, status)
+        .map_err(ExchangeError::Protocol)?;
+    let reusable = resp.version == Some(1) && framing.delimited() && !close;
+
+    // The head's bytes are shared by the header values, not copied.
     let raw: Bytes = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(offsets.len());
-    for (name, start, end) in offsets {
-        let value = HeaderValue::from_maybe_shared(raw.slice(start..end))
+    let mut headers = HeaderMap::with_capacity(kept + usize::from(tunnel));
+    for &(name_at, name_len, value_at, value_len) in &spans[..kept] {
+        let (n, v) = (name_at as usize, value_at as usize);
+        let name = HeaderName::from_bytes(&raw[n..n + name_len as usize])
+            .map_err(|_| ExchangeError::Protocol("invalid header name"))?;
+        let value = HeaderValue::from_maybe_shared(raw.slice(v..v + value_len as usize))
             .map_err(|_| ExchangeError::Protocol("invalid header value"))?;
         headers.append(name, value);
     }
-    let framing = Framing::of(method, status, &headers).map_err(ExchangeError::Protocol)?;
-    let reusable = version == Version::HTTP_11
-        && framing.delimited()
-        && !crate::headers::connection_lists(&headers, "close");
+    if named {
+        crate::headers::strip_hop_by_hop(&mut headers, tunnel);
+    } else if tunnel {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
     Ok(Parsed::Final(Head {
         status,
         headers,
         framing,
         reusable,
     }))
+}
+
+/// Hop-by-hop whatever `Connection` says (RFC 9110 §7.6.1); `Connection`,
+/// `Transfer-Encoding` and `Upgrade` are handled by the caller.
+fn is_hop_by_hop(name: &[u8]) -> bool {
+    [
+        &b"keep-alive"[..],
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+    ]
+    .iter()
+    .any(|h| name.eq_ignore_ascii_case(h))
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@
 
 mod conn;
 pub mod decode;
+pub mod encode;
 pub mod http1;
 
 pub use conn::Conn;
