@@ -95,6 +95,13 @@ impl UpstreamBody {
     }
 }
 
+/// Empty, so a prepared response can be taken out of where it waits.
+impl Default for ProxyBody {
+    fn default() -> Self {
+        ProxyBody::empty()
+    }
+}
+
 impl ProxyBody {
     pub fn upstream(
         conn: Conn,

@@ -45,6 +45,11 @@ pub struct Cli {
     )]
     pub http: SocketAddr,
 
+    /// Threads that serve client connections, each with its own event loop
+    /// (like nginx's worker_processes); default: one per CPU.
+    #[arg(long, env = "HANDOFF_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024), value_name = "N", help_heading = "Listeners")]
+    pub workers: Option<u16>,
+
     /// Control API Unix socket (HTTP/1.1 + JSON; created with mode 0600).
     #[arg(long, env = handoff_shared::CONTROL_SOCKET_ENV, default_value = handoff_shared::DEFAULT_CONTROL_SOCKET, value_name = "PATH", help_heading = "Control and state")]
     pub control: PathBuf,

@@ -29,6 +29,8 @@ pub struct Config {
     pub tls: Option<TlsListener>,
     /// Sizes, counts and timeouts that bound what a client can hold.
     pub limits: crate::limits::Limits,
+    /// Threads serving client connections (see [`crate::workers`]).
+    pub workers: usize,
 }
 
 /// `--https` with its certificates and what the plain listener does about it.

@@ -9,13 +9,15 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use tokio::time::{Instant, Sleep};
 
 #[derive(Default)]
 pub struct LazyDeadline {
     /// Armed at the current deadline or earlier (deadlines only move later).
     timer: Option<Pin<Box<Sleep>>>,
+    /// When the timer fires, and the task it wakes then.
+    armed: Option<(Instant, Waker)>,
 }
 
 impl LazyDeadline {
@@ -23,15 +25,25 @@ impl LazyDeadline {
     /// the timer fires. `deadline` must never be earlier than one passed
     /// before.
     pub fn poll_passed(&mut self, cx: &mut Context<'_>, deadline: Instant) -> Poll<()> {
+        // Polling the timer registers the waker with the timer driver again
+        // (atomics, a lock); asked by the same task before the timer is due,
+        // the answer is known without it.
+        if let Some((at, waker)) = &self.armed {
+            if waker.will_wake(cx.waker()) && Instant::now() < *at {
+                return Poll::Pending;
+            }
+        }
         let timer = self
             .timer
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
         while timer.as_mut().poll(cx).is_ready() {
             if Instant::now() >= deadline {
+                self.armed = None;
                 return Poll::Ready(());
             }
             timer.as_mut().reset(deadline);
         }
+        self.armed = Some((timer.deadline(), cx.waker().clone()));
         Poll::Pending
     }
 }

@@ -46,7 +46,7 @@ impl Forwarder {
     /// response the client can read, and the connection stays usable.
     pub async fn handle(
         &self,
-        req: Request<RequestBody>,
+        req: &mut Request<RequestBody>,
         client: &ClientConn,
         proto: &'static str,
         pin: bool,
@@ -62,7 +62,7 @@ impl Forwarder {
 
     async fn forward(
         &self,
-        mut req: Request<RequestBody>,
+        req: &mut Request<RequestBody>,
         client: &ClientConn,
         proto: &'static str,
         exchange: &mut Exchange,
@@ -85,7 +85,7 @@ impl Forwarder {
             upgrade,
             has_body,
         );
-        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut *req));
 
         // The backend's silence is timed by its connection (see `upstream`).
         let method = req.method().clone();
@@ -158,9 +158,11 @@ struct Outgoing<'a> {
 }
 
 /// Sends on the client's pinned connection when it belongs to `generation`,
-/// else on one from the generation's pool. A request without a body that a
-/// reused connection failed before any answer (the backend closed it while
-/// idle) is sent once more on a new connection, as HTTP clients do.
+/// else on one from the generation's pool. An idempotent request without a
+/// body that a reused connection failed before any answer (the backend
+/// closed it while idle) is sent once more on a new connection, as nginx
+/// and Go's client do; a POST is not (RFC 9110 §9.2.2), so its client sees
+/// the 502 rather than risk the backend acting twice.
 async fn send(
     generation: &Generation,
     pinned: Option<&Arc<Pinned>>,
@@ -185,7 +187,7 @@ async fn send(
     );
     match exchange.await {
         Ok(head) => Ok((head, conn)),
-        Err(e) if reused && !has_body && e.is_stale() => {
+        Err(e) if reused && !has_body && req.method.is_idempotent() && e.is_stale() => {
             Box::pin(resend(generation, req.wire, &req.method, req.upgrade)).await
         }
         Err(e) => Err(SendError::Exchange(e)),

@@ -26,6 +26,7 @@ pub mod switch;
 pub mod tls;
 pub mod upstream;
 pub mod wire;
+pub mod workers;
 
 use config::Config;
 use handoff_shared::Listeners;
@@ -49,6 +50,8 @@ pub enum ProxyError {
     Control(#[from] control::ControlSocketError),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    #[error("cannot start the connection threads: {0}")]
+    Workers(std::io::Error),
 }
 
 /// Runs the proxy until `shutdown` resolves, then stops accepting, lets
@@ -125,10 +128,18 @@ pub async fn run(
         router: Arc::clone(&router),
         metrics,
     });
-    let (graceful, accept_tasks) = listener::start(http, tls, forwarder, &config, stop_rx.clone());
+    let workers = Arc::new(workers::Workers::start(config.workers).map_err(ProxyError::Workers)?);
+    let (graceful, accept_tasks) = listener::start(
+        http,
+        tls,
+        forwarder,
+        &config,
+        Arc::clone(&workers),
+        stop_rx.clone(),
+    );
 
     on_ready(&listeners);
-    tracing::info!(http = %http_addr, control = %config.control.display(), "handoff-proxy ready");
+    tracing::info!(http = %http_addr, control = %config.control.display(), workers = config.workers, "handoff-proxy ready");
 
     shutdown.await;
     tracing::info!("shutting down: no new connections, waiting for in-flight requests");
@@ -157,6 +168,9 @@ pub async fn run(
     )
     .await;
     control_task.abort();
+    // Stops the connection threads; what is left on them (idle upstream
+    // connections, tunnels past the deadline) is cut.
+    drop(workers);
     let _ = std::fs::remove_file(&config.control);
     tracing::info!(
         connections_closed,

@@ -11,6 +11,7 @@ use crate::body::ProxyBody;
 use crate::forward::{local, ClientConn, Forwarder};
 use crate::limits::{self, BodyError, Limits, Rejection, RequestBody};
 use crate::wire::{ConnFlags, WireIo};
+use crate::workers::Workers;
 use http::{header, HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -87,67 +88,36 @@ pub struct Front {
     pub hsts: Option<HeaderValue>,
 }
 
+/// What the checks made of a request.
+pub(crate) enum Admission {
+    Forward(Request<RequestBody>),
+    /// A chunked body whose first chunk is read before any backend sees it.
+    PeekFirst(Request<RequestBody>),
+    Answer(Response<ProxyBody>),
+}
+
 impl Front {
+    /// Answers an admitted request. It takes the request by reference, as
+    /// every layer below does: the one future that owns it (the service's)
+    /// is moved on every request, and each async layer taking the request by
+    /// value would carry its own copy of it.
     async fn handle(
         &self,
-        req: Request<Incoming>,
+        admission: &mut Admission,
         client: &ClientConn,
         scheme: Scheme,
-        flags: &ConnFlags,
     ) -> Response<ProxyBody> {
-        let h1 = req.version() <= Version::HTTP_11;
-        if h1 && flags.framing_conflict() {
-            return reject(
-                Rejection {
-                    status: StatusCode::BAD_REQUEST,
-                    reason: "conflicting or duplicate Content-Length/Transfer-Encoding\n",
-                },
-                h1,
-            );
-        }
-        if let Err(r) = limits::check(&req, self.limits.max_body) {
-            return reject(r, h1);
-        }
-        if let Some(redirect) = &self.redirect {
-            let path = req.uri().path();
-            if !redirect.exempt.iter().any(|p| path.starts_with(p.as_str())) {
-                return redirect_response(&req, redirect.https_port);
-            }
-        }
-        let mut req = req.map(|body| RequestBody::new(body, self.limits.max_body));
-        if limits::is_chunked(&req) {
-            // Read the first chunk before a backend is involved: a bad chunk
-            // size (the usual smuggling payload) then never leaves this proxy.
+        let req = match admission {
+            Admission::Forward(req) => req,
             // Boxed: a timer and a body read are large, and most requests
-            // have no chunked body; unboxed, every request's future (moved
-            // on each request) would be that much bigger.
-            let peek = Box::pin(tokio::time::timeout(
-                self.header_timeout,
-                req.body_mut().peek(),
-            ));
-            match peek.await {
-                Ok(Ok(())) => {}
-                Ok(Err(BodyError::TooLarge(_))) => return reject(limits::too_large(), h1),
-                Ok(Err(BodyError::Client(_))) => {
-                    return reject(
-                        Rejection {
-                            status: StatusCode::BAD_REQUEST,
-                            reason: "malformed chunked body\n",
-                        },
-                        h1,
-                    )
-                }
-                Err(_) => {
-                    return reject(
-                        Rejection {
-                            status: StatusCode::REQUEST_TIMEOUT,
-                            reason: "request body too slow\n",
-                        },
-                        h1,
-                    )
-                }
-            }
-        }
+            // have no chunked body.
+            Admission::PeekFirst(req) => match Box::pin(self.peek_first(req)).await {
+                Ok(()) => req,
+                Err(resp) => return resp,
+            },
+            Admission::Answer(resp) => return std::mem::take(resp),
+        };
+        let h1 = req.version() <= Version::HTTP_11;
         // HTTP/2 streams run concurrently and cannot share one pinned connection.
         let mut resp = self
             .forwarder
@@ -159,6 +129,55 @@ impl Front {
                 .or_insert_with(|| hsts.clone());
         }
         resp
+    }
+
+    /// The checks every request passes before a backend is involved.
+    fn admit(&self, req: Request<Incoming>, flags: &ConnFlags) -> Admission {
+        let h1 = req.version() <= Version::HTTP_11;
+        if h1 && flags.framing_conflict() {
+            return Admission::Answer(reject(
+                Rejection {
+                    status: StatusCode::BAD_REQUEST,
+                    reason: "conflicting or duplicate Content-Length/Transfer-Encoding\n",
+                },
+                h1,
+            ));
+        }
+        if let Err(r) = limits::check(&req, self.limits.max_body) {
+            return Admission::Answer(reject(r, h1));
+        }
+        if let Some(redirect) = &self.redirect {
+            let path = req.uri().path();
+            if !redirect.exempt.iter().any(|p| path.starts_with(p.as_str())) {
+                return Admission::Answer(redirect_response(&req, redirect.https_port));
+            }
+        }
+        let req = req.map(|body| RequestBody::new(body, self.limits.max_body));
+        if limits::is_chunked(&req) {
+            Admission::PeekFirst(req)
+        } else {
+            Admission::Forward(req)
+        }
+    }
+
+    /// Reads the first chunk before a backend is involved: a bad chunk size
+    /// (the usual smuggling payload) then never leaves this proxy.
+    async fn peek_first(&self, req: &mut Request<RequestBody>) -> Result<(), Response<ProxyBody>> {
+        let h1 = req.version() <= Version::HTTP_11;
+        let peek = tokio::time::timeout(self.header_timeout, req.body_mut().peek());
+        let rejection = match peek.await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(BodyError::TooLarge(_))) => limits::too_large(),
+            Ok(Err(BodyError::Client(_))) => Rejection {
+                status: StatusCode::BAD_REQUEST,
+                reason: "malformed chunked body\n",
+            },
+            Err(_) => Rejection {
+                status: StatusCode::REQUEST_TIMEOUT,
+                reason: "request body too slow\n",
+            },
+        };
+        Err(reject(rejection, h1))
     }
 }
 
@@ -225,6 +244,7 @@ pub async fn serve(
     tls: Option<TlsAcceptor>,
     accept: Arc<Accept>,
     graceful: Arc<GracefulShutdown>,
+    workers: Arc<Workers>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let scheme = if tls.is_some() {
@@ -250,10 +270,27 @@ pub async fn serve(
             _ = shutdown.changed() => return,
         };
         let _ = stream.set_nodelay(true);
+        // The socket's readiness must come from the event loop of the thread
+        // that serves it, not this one's: re-registered there, every read
+        // and write wake-up stays on that thread.
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::debug!(error = %e, %peer, "accepted connection unusable");
+                continue;
+            }
+        };
         let watcher = graceful.watcher();
         let (front, accept, tls) = (Arc::clone(&front), Arc::clone(&accept), tls.clone());
-        tokio::spawn(async move {
+        workers.spawn(async move {
             let _permit = permit;
+            let stream = match tokio::net::TcpStream::from_std(stream) {
+                Ok(stream) => stream,
+                Err(e) => {
+                    tracing::debug!(error = %e, %peer, "accepted connection unusable");
+                    return;
+                }
+            };
             match tls {
                 None => serve_connection(stream, peer, scheme, front, &accept, watcher).await,
                 Some(tls) => {
@@ -300,10 +337,12 @@ async fn serve_connection<I>(
         let conn = Arc::clone(&conn);
         hyper::service::service_fn(move |req| {
             let conn = Arc::clone(&conn);
+            // Checked before the future is made, so it holds only what passed.
+            let mut admission = conn.front.admit(req, &conn.flags);
             async move {
                 let resp = conn
                     .front
-                    .handle(req, &conn.client, conn.scheme, &conn.flags)
+                    .handle(&mut admission, &conn.client, conn.scheme)
                     .await;
                 Ok::<_, std::convert::Infallible>(resp)
             }
@@ -369,6 +408,7 @@ pub fn start(
     tls: Option<TlsBound>,
     forwarder: Arc<Forwarder>,
     config: &crate::config::Config,
+    workers: Arc<Workers>,
     stop: watch::Receiver<bool>,
 ) -> (Arc<GracefulShutdown>, Vec<tokio::task::JoinHandle<()>>) {
     let limits = config.limits.clone();
@@ -404,6 +444,7 @@ pub fn start(
         None,
         Arc::clone(&accept),
         Arc::clone(&graceful),
+        Arc::clone(&workers),
         stop.clone(),
     ))];
     if let Some(t) = tls {
@@ -417,6 +458,7 @@ pub fn start(
             Some(t.acceptor),
             accept,
             Arc::clone(&graceful),
+            workers,
             stop,
         )));
     }

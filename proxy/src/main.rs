@@ -59,6 +59,9 @@ fn main() -> Result<()> {
         header_read_timeout: cli.header_timeout,
         tls,
         limits,
+        workers: cli
+            .workers
+            .map_or_else(handoff_proxy::workers::default_count, usize::from),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -134,7 +134,14 @@ async fn read_head(conn: &mut Conn, method: &Method, upgrade: bool) -> Result<He
         }
         let n = poll_fn(|cx| conn.poll_fill(cx)).await?;
         if n == 0 {
-            return Err(ExchangeError::Io(io::ErrorKind::UnexpectedEof.into()));
+            // Closed before answering at all: what a keep-alive connection
+            // the backend closed while idle looks like (`is_stale`). Closed
+            // halfway through a head is a broken answer, never retried.
+            return Err(if conn.buf.is_empty() {
+                ExchangeError::Io(io::ErrorKind::UnexpectedEof.into())
+            } else {
+                ExchangeError::Protocol("connection closed inside the response head")
+            });
         }
     }
 }
@@ -159,6 +166,10 @@ fn parse(buf: &mut BytesMut, method: &Method, upgrade: bool) -> Result<Parsed, E
     let parsed = httparse::ParserConfig::default()
         .parse_response_with_uninit_headers(&mut resp, buf, &mut slots);
     let len = match parsed {
+        // The limit holds however the head arrived, in one read or many.
+        Ok(httparse::Status::Complete(len)) if len > MAX_HEAD => {
+            return Err(ExchangeError::Protocol("response head too large"))
+        }
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
         Err(httparse::Error::TooManyHeaders) => {
