@@ -25,11 +25,16 @@ impl LazyDeadline {
     /// the timer fires. `deadline` must never be earlier than one passed
     /// before.
     pub fn poll_passed(&mut self, cx: &mut Context<'_>, deadline: Instant) -> Poll<()> {
+        self.poll_passed_at(cx, Instant::now(), deadline)
+    }
+
+    /// [`Self::poll_passed`] for a caller that has just read the clock.
+    pub fn poll_passed_at(&mut self, cx: &mut Context<'_>, now: Instant, deadline: Instant) -> Poll<()> {
         // Polling the timer registers the waker with the timer driver again
         // (atomics, a lock); asked by the same task before the timer is due,
         // the answer is known without it.
         if let Some((at, waker)) = &self.armed {
-            if waker.will_wake(cx.waker()) && Instant::now() < *at {
+            if waker.will_wake(cx.waker()) && now < *at {
                 return Poll::Pending;
             }
         }
@@ -37,7 +42,7 @@ impl LazyDeadline {
             .timer
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
         while timer.as_mut().poll(cx).is_ready() {
-            if Instant::now() >= deadline {
+            if now >= deadline || Instant::now() >= deadline {
                 self.armed = None;
                 return Poll::Ready(());
             }

@@ -42,6 +42,8 @@ pub struct WireIo<I> {
     flags: Arc<ConnFlags>,
     idle: Duration,
     last: Instant,
+    /// Bytes moved since `last` was taken.
+    moved: bool,
     timer: LazyDeadline,
 }
 
@@ -55,16 +57,24 @@ impl<I> WireIo<I> {
             flags: Arc::clone(&flags),
             idle,
             last: now,
+            moved: false,
             timer: LazyDeadline::default(),
         };
         (io, flags)
     }
 
-    /// Polled only while a read is pending; traffic moves `last`, and the
-    /// timer follows it only when it fires (see [`LazyDeadline`]).
+    /// Polled only while a read is pending. Traffic only sets `moved`; the
+    /// clock is read here, when the connection waits, which puts `last` at
+    /// most one wait late: a request then costs one clock read, not one per
+    /// read and write. The timer follows `last` only when it fires (see
+    /// [`LazyDeadline`]).
     fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        let now = Instant::now();
+        if std::mem::take(&mut self.moved) {
+            self.last = now;
+        }
         self.timer
-            .poll_passed(cx, self.last + self.idle)
+            .poll_passed_at(cx, now, self.last + self.idle)
             .map(|()| io::Error::new(io::ErrorKind::TimedOut, "client connection idle"))
     }
 }
@@ -81,7 +91,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for WireIo<I> {
             Poll::Ready(Ok(())) => {
                 let new = &buf.filled()[before..];
                 if !new.is_empty() {
-                    this.last = Instant::now();
+                    this.moved = true;
                     if this.scan.feed(new) {
                         this.flags.framing_conflict.store(true, Relaxed);
                     }
@@ -106,7 +116,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for WireIo<I> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_write(cx, data);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            this.last = Instant::now();
+            this.moved = true;
         }
         r
     }
@@ -119,7 +129,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for WireIo<I> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            this.last = Instant::now();
+            this.moved = true;
         }
         r
     }

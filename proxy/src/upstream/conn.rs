@@ -8,6 +8,7 @@ use crate::deadline::LazyDeadline;
 use bytes::BytesMut;
 use std::future::poll_fn;
 use std::io;
+use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tokio::io::AsyncWrite;
@@ -30,8 +31,11 @@ pub struct Conn {
     /// How long the backend may stay silent while the proxy waits on it
     /// (nginx's `proxy_read_timeout` and `proxy_send_timeout` in one).
     timeout: Duration,
-    /// Last time bytes moved either way; the silence is measured from it.
-    last_progress: Instant,
+    /// When the silence began: taken when a read or write has to wait, so a
+    /// request costs a clock read per wait, not per byte moved.
+    quiet_since: Instant,
+    /// Bytes moved since `quiet_since` was taken.
+    moved: bool,
     /// Why one timer per connection and not a `tokio::time::timeout` per
     /// request: registering and removing a timer on every request was
     /// measurable in the profile; see `deadline`.
@@ -44,33 +48,29 @@ impl Conn {
             tcp,
             buf: BytesMut::new(),
             timeout,
-            last_progress: Instant::now(),
+            quiet_since: Instant::now(),
+            moved: false,
             timer: LazyDeadline::default(),
         }
     }
 
     /// Reads whatever the backend has sent into `buf`; `Ok(0)` is its end of
     /// stream. Fails with a timeout once the backend has been silent too long.
+    ///
+    /// Through `AsyncRead`, not `try_read`: tokio then forgets the socket's
+    /// readiness after a short read, so [`Conn::is_open`] on a connection
+    /// whose answer was read whole needs no system call.
     pub fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        loop {
-            match self.tcp.poll_read_ready(cx) {
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return self.poll_silence(cx).map(Err),
+        if self.buf.capacity() - self.buf.len() < MIN_SPARE {
+            self.buf.reserve(GROW);
+        }
+        match tokio_util::io::poll_read_buf(Pin::new(&mut self.tcp), cx, &mut self.buf) {
+            Poll::Ready(Ok(n)) => {
+                self.moved |= n > 0;
+                Poll::Ready(Ok(n))
             }
-            if self.buf.capacity() - self.buf.len() < MIN_SPARE {
-                self.buf.reserve(GROW);
-            }
-            match self.tcp.try_read_buf(&mut self.buf) {
-                Ok(n) => {
-                    if n > 0 {
-                        self.last_progress = Instant::now();
-                    }
-                    return Poll::Ready(Ok(n));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => self.poll_silence(cx).map(Err),
         }
     }
 
@@ -78,27 +78,35 @@ impl Conn {
     /// timeout fails the write.
     pub async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
         // A request starts the backend's clock, whatever it did before.
-        self.last_progress = Instant::now();
+        self.moved = true;
         let mut written = 0;
         poll_fn(|cx| {
             while written < data.len() {
-                match std::pin::Pin::new(&mut self.tcp).poll_write(cx, &data[written..]) {
-                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                    Poll::Ready(Ok(n)) => written += n,
+                match Pin::new(&mut self.tcp).poll_write(cx, &data[written..]) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err(io::ErrorKind::WriteZero.into()))
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        written += n;
+                        self.moved = true;
+                    }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                     Poll::Pending => return self.poll_silence(cx).map(Err),
                 }
             }
             Poll::Ready(Ok(()))
         })
-        .await?;
-        self.last_progress = Instant::now();
-        Ok(())
+        .await
     }
 
+    /// Called when a read or write must wait.
     fn poll_silence(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        let now = Instant::now();
+        if std::mem::take(&mut self.moved) {
+            self.quiet_since = now;
+        }
         self.timer
-            .poll_passed(cx, self.last_progress + self.timeout)
+            .poll_passed_at(cx, now, self.quiet_since + self.timeout)
             .map(|()| io::Error::new(io::ErrorKind::TimedOut, SILENT))
     }
 
@@ -110,6 +118,8 @@ impl Conn {
             return false;
         }
         let mut cx = Context::from_waker(Waker::noop());
+        // Pending unless the backend sent something (its close included)
+        // since the last read came up short.
         match self.tcp.poll_read_ready(&mut cx) {
             Poll::Pending => true,
             Poll::Ready(Err(_)) => false,
