@@ -76,7 +76,7 @@ impl Forwarder {
         let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
         let has_body = !req.body().is_end_stream();
         let (wire, chunked) = encode::request_head(
-            &req,
+            req,
             &Forwarding {
                 client: &client.forwarded_for,
                 proto,
