@@ -36,6 +36,7 @@ pub fn connection_builder(
         .timer(TokioTimer::new())
         .header_read_timeout(header_read_timeout)
         .keep_alive(true)
+        .writev(false)
         // A head that does not fit the read buffer is answered 431 by hyper.
         .max_buf_size(limits.max_header_size.max(8192));
     builder
