@@ -6,6 +6,7 @@ pub mod docker;
 pub mod load;
 pub mod proxy;
 pub mod request;
+pub mod scripted;
 pub mod tls;
 
 use std::path::{Path, PathBuf};

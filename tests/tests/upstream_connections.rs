@@ -1,0 +1,472 @@
+//! The life of the proxy's upstream connections, against scripted backends
+//! (`handoff_tests::scripted`): keep-alive reuse and pinning, connections the
+//! backend closed while idle, which requests are retried, early answers,
+//! the upstream silence timeout, the WebSocket tunnel, large streamed
+//! bodies, and a switch closing the old generation's pinned connections.
+
+use bytes::Bytes;
+use handoff_shared::SetBackend;
+use handoff_tests::request;
+use handoff_tests::scripted::*;
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+// ---------------------------------------------------------------------------
+// 5. Stale keep-alive connections.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keepalive_connection_the_backend_closed_while_idle_is_not_used_for_the_next_request() {
+    let b = Scripted::start(|_| Reply::Send(OK.as_bytes().to_vec())).await;
+    let p = start_proxy(&b, &[]).await;
+    let mut c = open(&p).await;
+    assert_eq!(get(&mut c, "/first").await.body, "ok");
+    // The backend's keep-alive timeout fires between the two requests.
+    b.close_idle(1).await;
+    let r = get(&mut c, "/second").await;
+    assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "ok"));
+    let seen = b.seen();
+    let targets: Vec<_> = seen.iter().map(|s| (s.target.as_str(), s.conn)).collect();
+    // Whether the proxy saw the close before sending or retried after, the
+    // backend got each request once on a live connection (a request sent
+    // into the closed socket is not read by anyone).
+    assert_eq!(targets, [("/first", 0), ("/second", 1)]);
+    assert_eq!(b.counts().requests, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_a_reused_connection_swallowed_is_retried_once_on_a_new_connection() {
+    // The first connection answers its first request, then takes the second
+    // and closes without a word: the race of a backend's keep-alive close.
+    let b = Scripted::start(|req| match (req.conn, req.nth) {
+        (0, 1) => Reply::Close,
+        _ => Reply::Send(OK.as_bytes().to_vec()),
+    })
+    .await;
+    let p = start_proxy(&b, &[]).await;
+    let mut c = open(&p).await;
+    assert_eq!(get(&mut c, "/one").await.body, "ok");
+    let r = get(&mut c, "/two").await;
+    assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "ok"));
+    let seen: Vec<_> = b
+        .seen()
+        .iter()
+        .map(|s| (s.target.clone(), s.conn, s.nth))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("/one".to_string(), 0, 0),
+            ("/two".to_string(), 0, 1),
+            ("/two".to_string(), 1, 0),
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_happen_once_only_for_bodiless_requests_on_reused_connections() {
+    // Every request after a connection's first is swallowed; on a fresh
+    // connection, requests to /drop are swallowed too.
+    let b = Scripted::start(|req| {
+        if req.nth > 0 || req.target == "/drop" {
+            Reply::Close
+        } else {
+            Reply::Send(OK.as_bytes().to_vec())
+        }
+    })
+    .await;
+    let p = start_proxy(&b, &[]).await;
+    let count = |b: &Scripted, target: &str| b.seen().iter().filter(|s| s.target == target).count();
+
+    // A fresh connection failing is not retried.
+    let mut c = open(&p).await;
+    let r = get(&mut c, "/drop").await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(count(&b, "/drop"), 1);
+
+    // A POST on a reused connection is not retried: its body may have been
+    // acted on.
+    let mut c = open(&p).await;
+    assert_eq!(get(&mut c, "/warm").await.body, "ok");
+    let post = Request::post("/post")
+        .header("host", "app.test")
+        .body(Full::new(Bytes::from_static(b"do it once")))
+        .unwrap();
+    let r = send(&mut c, post).await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(count(&b, "/post"), 1);
+
+    // Nor is an empty POST: not idempotent (RFC 9110 §9.2.2), whereas an
+    // empty DELETE is, and is retried.
+    let mut c = open(&p).await;
+    assert_eq!(get(&mut c, "/warm").await.body, "ok");
+    let post = Request::post("/empty-post")
+        .header("host", "app.test")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(send(&mut c, post).await.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(count(&b, "/empty-post"), 1);
+    let mut c = open(&p).await;
+    assert_eq!(get(&mut c, "/warm").await.body, "ok");
+    let delete = Request::delete("/delete")
+        .header("host", "app.test")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    // The retry goes on a new connection, whose first request is answered.
+    assert_eq!(send(&mut c, delete).await.status, StatusCode::OK);
+    assert_eq!(count(&b, "/delete"), 2, "1 try + 1 retry");
+
+    // A GET on a reused connection is retried once, and only once.
+    let mut c = open(&p).await;
+    assert_eq!(get(&mut c, "/warm").await.body, "ok");
+    let r = get(&mut c, "/drop").await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(count(&b, "/drop"), 3, "1 before, then 1 try + 1 retry");
+
+    assert_eq!(get(&mut c, "/after").await.body, "ok");
+}
+
+// ---------------------------------------------------------------------------
+// 8. An answer before the body was read.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_answering_413_before_reading_a_large_body_is_relayed_not_turned_into_502() {
+    let b = Scripted::start(|req| match req.target.as_str() {
+        "/upload" => Reply::EarlyClose(
+            b"HTTP/1.1 413 Payload Too Large\r\nConnection: close\r\nContent-Length: 9\r\n\r\ntoo large"
+                .to_vec(),
+        ),
+        _ => Reply::Send(OK.as_bytes().to_vec()),
+    })
+    .await;
+    let p = start_proxy(&b, &[]).await;
+    // The backend closes with most of the 4 MiB unread, so its kernel sends
+    // a reset, and the proxy's next write fails. Linux hands out what was
+    // already queued (the 413) before it reports the reset, so this is not
+    // a race: 50 runs in a row and 6 suites in parallel on 2 CPUs passed.
+    let out = upload(&p, "/upload", 4 * 1024 * 1024, b"too large").await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        text.starts_with("HTTP/1.1 413 Payload Too Large\r\n"),
+        "got {text:?}"
+    );
+    assert!(text.ends_with("too large"), "{text:?}");
+    let seen = b.seen();
+    assert_eq!(seen.len(), 1);
+    assert!(seen[0].body.is_empty(), "the backend read no body");
+    assert_eq!(request::get(p.http, "/ok").await.body, "ok");
+}
+
+// ---------------------------------------------------------------------------
+// 11. The backend's silence.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_silent_past_the_upstream_timeout_is_504_and_the_proxy_keeps_serving() {
+    let b = Scripted::start(|req| match req.target.as_str() {
+        "/silent" => Reply::Hold(Vec::new()),
+        _ => Reply::Send(OK.as_bytes().to_vec()),
+    })
+    .await;
+    let p = start_proxy(&b, &["--upstream-timeout", "300ms"]).await;
+    let mut c = open(&p).await;
+    let started = Instant::now();
+    let r = get(&mut c, "/silent").await;
+    let took = started.elapsed();
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(r.body, "upstream timed out\n");
+    assert!(
+        took >= Duration::from_millis(250),
+        "504 after only {took:?}"
+    );
+    assert!(took < Duration::from_secs(5), "504 only after {took:?}");
+    // The proxy gave the silent connection up.
+    b.wait("the silent connection closed by the proxy", |c| {
+        c.proxy_closed >= 1
+    })
+    .await;
+    // Same client connection, then a new one.
+    assert_eq!(get(&mut c, "/ok").await.body, "ok");
+    assert_eq!(request::get(p.http, "/ok").await.body, "ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_stalling_mid_body_past_the_upstream_timeout_cuts_the_response() {
+    let b = Scripted::start(|req| match req.target.as_str() {
+        "/stall-length" => {
+            Reply::Hold(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten..".to_vec())
+        }
+        "/stall-chunked" => Reply::Hold(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\na\r\nonly ten..\r\n".to_vec(),
+        ),
+        _ => Reply::Send(OK.as_bytes().to_vec()),
+    })
+    .await;
+    let p = start_proxy(&b, &["--upstream-timeout", "300ms"]).await;
+    for (i, path) in ["/stall-length", "/stall-chunked"].into_iter().enumerate() {
+        // Raw, to see what did arrive: the head and the first ten bytes,
+        // then the connection ends without the rest.
+        let req = format!("GET {path} HTTP/1.1\r\nHost: app.test\r\n\r\n");
+        let mut s = TcpStream::connect(p.http).await.unwrap();
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let read = within(&format!("{path}: the proxy ends the response"), async {
+            loop {
+                match s.read(&mut chunk).await {
+                    Ok(0) => return Ok(()),
+                    Ok(n) => out.extend_from_slice(&chunk[..n]),
+                    Err(e) => return Err(e),
+                }
+            }
+        })
+        .await;
+        let text = String::from_utf8_lossy(&out);
+        assert!(
+            text.starts_with("HTTP/1.1 200 OK\r\n"),
+            "{path}: {text:?} {read:?}"
+        );
+        assert!(text.contains("only ten.."), "{path}: {text:?}");
+        match path {
+            // Fewer bytes than the length promised.
+            "/stall-length" => {
+                assert!(text.contains("content-length: 100"), "{text:?}");
+                let body = &out[find(&out, b"\r\n\r\n").unwrap() + 4..];
+                assert_eq!(body, b"only ten..");
+            }
+            // No last chunk.
+            _ => assert!(!text.ends_with("0\r\n\r\n"), "{text:?}"),
+        }
+        b.wait("the stalled connection closed by the proxy", |c| {
+            c.proxy_closed > i
+        })
+        .await;
+        assert_eq!(request::get(p.http, "/ok").await.body, "ok", "{path}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_backend_that_keeps_sending_is_not_cut_by_the_upstream_timeout() {
+    // Twelve pieces 50 ms apart: 600 ms in all, twice the timeout, but never
+    // silent for long.
+    let mut pieces = vec![b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec()];
+    for i in 0..11 {
+        pieces.push(format!("1\r\n{}\r\n", (b'a' + i) as char).into_bytes());
+    }
+    pieces.push(b"0\r\n\r\n".to_vec());
+    let b = Scripted::start(move |_| Reply::Drip(pieces.clone(), Duration::from_millis(50))).await;
+    let p = start_proxy(&b, &["--upstream-timeout", "300ms"]).await;
+    let mut c = open(&p).await;
+    let r = get(&mut c, "/drip").await;
+    assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "abcdefghijk"));
+}
+
+// ---------------------------------------------------------------------------
+// 101: a raw tunnel.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_101_answer_to_an_upgrade_becomes_a_tunnel_with_the_bytes_that_followed_it() {
+    let b = Scripted::start(|req| match req.target.as_str() {
+        "/ws" => Reply::Tunnel(
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nX-Tunnel: 1\r\n\r\nEARLY"
+                .to_vec(),
+        ),
+        _ => Reply::Send(OK.as_bytes().to_vec()),
+    })
+    .await;
+    let p = start_proxy(&b, &[]).await;
+    let mut s = TcpStream::connect(p.http).await.unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    let head = within("101 head", read_head(&mut s, &mut buf))
+        .await
+        .unwrap();
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101 "), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    assert!(head.contains("x-tunnel: 1"), "{head}");
+    // What the backend sent right behind its 101 comes first.
+    let early = within("early bytes", take(&mut s, &mut buf, 5))
+        .await
+        .unwrap();
+    assert_eq!(early, b"EARLY");
+    s.write_all(b"ping").await.unwrap();
+    let echo = within("echo", take(&mut s, &mut buf, 4)).await.unwrap();
+    assert_eq!(echo, b"ping");
+
+    let seen = b.seen();
+    assert_eq!(seen[0].one("upgrade"), Some("websocket"));
+    assert_eq!(seen[0].one("connection"), Some("upgrade"));
+    drop(s);
+    b.wait("the tunnel closed through to the backend", |c| {
+        c.proxy_closed >= 1
+    })
+    .await;
+    assert_eq!(request::get(p.http, "/ok").await.body, "ok");
+}
+
+// ---------------------------------------------------------------------------
+// More connection edge cases.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_connection_closed_after_part_of_an_answer_is_502_not_retried() {
+    // The backend took the request and began answering: this is not an idle
+    // connection closed under the proxy, and sending the request again
+    // would repeat whatever it did. The proxy's own rule (forward.rs: a
+    // reused connection "failed before any answer") says: no retry.
+    let b = Scripted::start(|req| match (req.conn, req.nth) {
+        (0, 1) => Reply::SendClose(b"HTTP/1.1 200 OK\r\nContent-Le".to_vec()),
+        _ => Reply::Send(OK.as_bytes().to_vec()),
+    })
+    .await;
+    let p = start_proxy(&b, &[]).await;
+    let mut c = open(&p).await;
+    assert_eq!(get(&mut c, "/one").await.body, "ok");
+    let r = get(&mut c, "/two").await;
+    let two = b.seen().iter().filter(|s| s.target == "/two").count();
+    assert_eq!(
+        (r.status, two),
+        (StatusCode::BAD_GATEWAY, 1),
+        "a request the backend had begun to answer was sent again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_neither_reads_an_upload_nor_answers_is_504() {
+    let b = Scripted::start(|req| match req.target.as_str() {
+        "/stuck" => Reply::HoldUnread,
+        _ => Reply::Send(OK.as_bytes().to_vec()),
+    })
+    .await;
+    let p = start_proxy(&b, &["--upstream-timeout", "300ms"]).await;
+    // Far more than the socket buffers between proxy and backend hold, so
+    // the proxy's writes stall, not only its wait for an answer.
+    let out = upload(&p, "/stuck", 8 * 1024 * 1024, b"upstream timed out\n").await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        text.starts_with("HTTP/1.1 504 Gateway Timeout\r\n"),
+        "{text:?}"
+    );
+    b.wait("the stuck connection closed by the proxy", |c| {
+        c.proxy_closed >= 1
+    })
+    .await;
+    assert_eq!(request::get(p.http, "/ok").await.body, "ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_length_delimited_body_streams_through_and_its_connection_is_reused() {
+    let body: Vec<u8> = (0..8 * 1024 * 1024u32).map(|i| (i % 253) as u8).collect();
+    let reply = {
+        let mut r =
+            format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+        r.extend_from_slice(&body);
+        r
+    };
+    let b = Scripted::start(move |_| Reply::Send(reply.clone())).await;
+    let p = start_proxy(&b, &[]).await;
+    let mut c = open(&p).await;
+    for _ in 0..2 {
+        let r = get(&mut c, "/big").await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.headers["content-length"], body.len().to_string().as_str());
+        assert_eq!(r.bytes.len(), body.len());
+        assert!(r.bytes == body.as_slice(), "body differs");
+    }
+    assert_eq!(b.counts().accepts, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http10_request_without_host_names_the_backend_and_a_declined_upgrade_is_a_plain_answer()
+{
+    let b = Scripted::start(|req| match req.target.as_str() {
+        "/ws" => Reply::Send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nno".to_vec()),
+        _ => Reply::Send(OK.as_bytes().to_vec()),
+    })
+    .await;
+    let p = start_proxy(&b, &[]).await;
+    let r = raw(&p, b"GET /old HTTP/1.0\r\n\r\n").await;
+    assert!(r.starts_with("HTTP/1.0 200 OK\r\n"), "{r}");
+    assert!(r.ends_with("\r\n\r\nok"), "{r}");
+
+    let mut s = TcpStream::connect(p.http).await.unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n\
+          GET /after HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    within("two answers", s.read_to_end(&mut out))
+        .await
+        .unwrap();
+    let out = String::from_utf8_lossy(&out);
+    assert_eq!(out.matches("HTTP/1.1 200 OK\r\n").count(), 2, "{out}");
+    assert!(
+        out.contains("\r\n\r\nno") && out.ends_with("\r\n\r\nok"),
+        "{out}"
+    );
+
+    let seen = b.seen();
+    let old = seen.iter().find(|s| s.target == "/old").unwrap();
+    assert_eq!(old.version, "HTTP/1.1");
+    assert_eq!(old.one("host"), Some(b.addr().as_str()));
+    assert_eq!(old.one("x-forwarded-host"), None);
+    let ws = seen.iter().find(|s| s.target == "/ws").unwrap();
+    assert_eq!(ws.one("upgrade"), Some("websocket"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_switch_a_pinned_connection_of_the_old_generation_is_closed_and_never_reused() {
+    let b1 = Scripted::start(|_| {
+        Reply::Send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nb1".to_vec())
+    })
+    .await;
+    let b2 = Scripted::start(|_| {
+        Reply::Send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nb2".to_vec())
+    })
+    .await;
+    let p = start_proxy(&b1, &[]).await;
+    let switch = |addr: String| {
+        let client = p.client();
+        async move {
+            within(
+                "switch",
+                client.set_backend(&SetBackend {
+                    addr,
+                    drain_timeout: None,
+                }),
+            )
+            .await
+            .expect("switch")
+        }
+    };
+    let mut c = open(&p).await;
+    assert_eq!(get(&mut c, "/").await.body, "b1");
+    switch(b2.addr()).await;
+    assert_eq!(get(&mut c, "/").await.body, "b2");
+    // The first generation's connection, pinned by this client, is let go.
+    b1.wait("b1's connection closed by the proxy", |c| {
+        c.proxy_closed >= 1
+    })
+    .await;
+    // Back to the same address: a new generation, a new connection.
+    switch(b1.addr()).await;
+    assert_eq!(get(&mut c, "/").await.body, "b1");
+    assert_eq!(get(&mut c, "/").await.body, "b1");
+    // (A switch first proves the backend accepts a TCP connection: that
+    // probe is an accept with no request, hence no fixed numbers here.)
+    let conns: Vec<_> = b1.seen().iter().map(|s| s.conn).collect();
+    assert_eq!(conns.len(), 3);
+    assert_eq!(conns[0], 0);
+    assert_ne!(conns[1], 0, "the old generation's connection was reused");
+    assert_eq!(
+        conns[1], conns[2],
+        "the new generation's connection is pinned"
+    );
+}

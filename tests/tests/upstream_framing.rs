@@ -1,0 +1,696 @@
+//! What the proxy's own HTTP/1.1 client (proxy/src/upstream) reads and
+//! writes, against scripted backends (`handoff_tests::scripted`): interim
+//! answers, chunked, length and read-until-close bodies, refusal of
+//! ambiguous or oversized answers, bodiless statuses, request body framing,
+//! forwarding and hop-by-hop fields both ways, `Expect: 100-continue`.
+
+use bytes::Bytes;
+use handoff_tests::request;
+use handoff_tests::scripted::*;
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+// ---------------------------------------------------------------------------
+// 1. Interim answers.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interim_100_and_103_answers_are_skipped_and_the_final_200_arrives_with_its_body() {
+    let b = Scripted::routes(&[
+        (
+            "/interim",
+            "HTTP/1.1 100 Continue\r\n\r\n\
+             HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n\
+             HTTP/1.1 200 OK\r\nContent-Length: 11\r\nX-Final: yes\r\n\r\nhello world",
+        ),
+        (
+            "/post",
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 7\r\n\r\ncreated",
+        ),
+    ])
+    .await;
+    let p = start_proxy(&b, &[]).await;
+    let mut c = open(&p).await;
+
+    let r = get(&mut c, "/interim").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body, "hello world");
+    assert_eq!(r.headers["x-final"], "yes");
+
+    let post = Request::post("/post")
+        .header("host", "app.test")
+        .body(Full::new(Bytes::from_static(b"payload")))
+        .unwrap();
+    let r = send(&mut c, post).await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (StatusCode::CREATED, "created")
+    );
+
+    // Nothing of the interim answers was left behind on the connection.
+    let r = get(&mut c, "/interim").await;
+    assert_eq!(r.body, "hello world");
+    assert_eq!(b.counts().accepts, 1);
+    let seen = b.seen();
+    assert_eq!(seen.len(), 3);
+    assert_eq!(seen[1].body, b"payload");
+}
+
+// ---------------------------------------------------------------------------
+// 2. Chunked responses.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_response_with_extensions_and_trailers_is_decoded_and_its_connection_reused() {
+    let b = Scripted::routes(&[(
+        "/chunked",
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-checksum\r\n\r\n\
+         5;name=value\r\nhello\r\n\
+         1 ; quoted=\"a;b\"\r\n,\r\n\
+         A\r\n chunked b\r\n\
+         3;last\r\node\r\n\
+         0;end=1\r\nx-checksum: abc\r\nx-other: 1\r\n\r\n",
+    )])
+    .await;
+    let p = start_proxy(&b, &[]).await;
+    let mut c = open(&p).await;
+    for _ in 0..2 {
+        let r = get(&mut c, "/chunked").await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.body, "hello, chunked bode");
+        assert!(r.headers.get("x-checksum").is_none(), "{:?}", r.headers);
+        assert!(r.headers.get("trailer").is_none(), "{:?}", r.headers);
+    }
+    let seen = b.seen();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(
+        b.counts().accepts,
+        1,
+        "two requests, one upstream connection"
+    );
+    assert_eq!((seen[0].conn, seen[1].conn), (0, 0));
+    assert_eq!((seen[0].nth, seen[1].nth), (0, 1));
+}
+
+// ---------------------------------------------------------------------------
+// 3. Bodies delimited by the backend's close.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_until_close_response_arrives_whole_and_the_next_request_gets_a_new_connection() {
+    // Large enough to take many reads on the way.
+    let body: Vec<u8> = (0..300 * 1024u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let reply = {
+        let mut r = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n".to_vec();
+        r.extend_from_slice(&body);
+        r
+    };
+    let b = Scripted::start(move |req| match req.target.as_str() {
+        "/until-close" => Reply::SendClose(reply.clone()),
+        // An HTTP/1.0 answer and an explicit close: not reused either.
+        "/http10" => Reply::Send(b"HTTP/1.0 200 OK\r\nContent-Length: 4\r\n\r\nv1.0".to_vec()),
+        "/close" => Reply::Send(
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 5\r\n\r\nclose".to_vec(),
+        ),
+        _ => Reply::Send(OK.as_bytes().to_vec()),
+    })
+    .await;
+    let p = start_proxy(&b, &[]).await;
+    let mut c = open(&p).await;
+    let r = get(&mut c, "/until-close").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.bytes.len(), body.len());
+    assert!(r.bytes == body.as_slice(), "body differs");
+    assert_eq!(get(&mut c, "/ok").await.body, "ok");
+    assert_eq!(b.counts().accepts, 2);
+
+    assert_eq!(get(&mut c, "/http10").await.body, "v1.0");
+    assert_eq!(get(&mut c, "/ok").await.body, "ok");
+    assert_eq!(get(&mut c, "/close").await.body, "close");
+    assert_eq!(get(&mut c, "/ok").await.body, "ok");
+    let seen = b.seen();
+    let conns: Vec<_> = seen.iter().map(|s| (s.target.as_str(), s.conn)).collect();
+    // /ok after /until-close is on a new connection; /http10 reuses it, and
+    // after /http10 and /close the proxy connects anew.
+    assert_eq!(
+        conns,
+        [
+            ("/until-close", 0),
+            ("/ok", 1),
+            ("/http10", 1),
+            ("/ok", 2),
+            ("/close", 2),
+            ("/ok", 3),
+        ]
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 4. Ambiguous and malformed responses.
+
+const AMBIGUOUS: &[(&str, &str)] = &[
+    (
+        "/cl-and-te",
+        "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    ),
+    (
+        "/te-and-cl",
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    ),
+    (
+        "/two-lengths",
+        "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+    ),
+    (
+        "/length-list",
+        "HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\nhello!",
+    ),
+    (
+        "/signed-length",
+        "HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\nhello",
+    ),
+    (
+        "/te-gzip",
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nhello",
+    ),
+    (
+        "/te-gzip-chunked",
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    ),
+    (
+        "/te-twice",
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    ),
+    (
+        "/bad-status",
+        "HTTP/1.1 2x0 OK\r\nContent-Length: 0\r\n\r\n",
+    ),
+    ("/no-status-line", "hello there\r\n\r\n"),
+    (
+        "/obs-fold",
+        "HTTP/1.1 200 OK\r\nX-A: a\r\n b\r\nContent-Length: 0\r\n\r\n",
+    ),
+    (
+        "/unasked-101",
+        "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+    ),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ambiguous_or_malformed_responses_are_502_and_the_proxy_keeps_serving() {
+    let b = Scripted::start(|req| {
+        let raw = AMBIGUOUS
+            .iter()
+            .find(|(path, _)| *path == req.target)
+            .map_or(OK, |(_, raw)| *raw);
+        // Kept open: the proxy, not the backend, must give the connection up.
+        Reply::Send(raw.as_bytes().to_vec())
+    })
+    .await;
+    let p = start_proxy(&b, &[]).await;
+    let mut c = open(&p).await;
+    let mut wrong = Vec::new();
+    for (path, _) in AMBIGUOUS {
+        let r = get(&mut c, path).await;
+        if r.status != StatusCode::BAD_GATEWAY {
+            wrong.push(format!("{path}: {} {:?}", r.status, r.body));
+        }
+        // The same client connection goes on being served.
+        let r = get(&mut c, "/ok").await;
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (StatusCode::OK, "ok"),
+            "{path}"
+        );
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+
+    let seen = b.seen();
+    assert_eq!(seen.len(), 2 * AMBIGUOUS.len(), "a request was retried");
+    // A connection that gave an ambiguous answer never carries another request.
+    for pair in seen.chunks(2) {
+        let (bad, next) = (&pair[0], &pair[1]);
+        assert_eq!(next.target, "/ok");
+        assert_ne!(
+            bad.conn, next.conn,
+            "{} was followed on its connection",
+            bad.target
+        );
+    }
+    b.wait("the proxy closed every refused connection", |c| {
+        c.proxy_closed >= AMBIGUOUS.len()
+    })
+    .await;
+    // And from a fresh client too.
+    assert_eq!(request::get(p.http, "/ok").await.body, "ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_chunked_body_or_a_short_one_cuts_the_response_and_its_connection_is_dropped() {
+    let b = Scripted::start(|req| match req.target.as_str() {
+        "/bad-chunk" => Reply::Send(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\nxx\r\n0\r\n\r\n"
+                .to_vec(),
+        ),
+        "/short" => Reply::SendClose(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten..".to_vec(),
+        ),
+        "/short-chunked" => Reply::SendClose(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n".to_vec(),
+        ),
+        _ => Reply::Send(OK.as_bytes().to_vec()),
+    })
+    .await;
+    let p = start_proxy(&b, &[]).await;
+    for path in ["/bad-chunk", "/short", "/short-chunked"] {
+        let mut c = open(&p).await;
+        let r = within(path, c.get(path)).await;
+        assert!(r.is_err(), "{path}: a cut body arrived as complete: {r:?}");
+        assert_eq!(request::get(p.http, "/ok").await.body, "ok", "{path}");
+    }
+    let seen = b.seen();
+    let bad_chunk = seen.iter().find(|s| s.target == "/bad-chunk").unwrap();
+    assert!(
+        seen.iter()
+            .filter(|s| s.conn == bad_chunk.conn)
+            .all(|s| s.target == "/bad-chunk"),
+        "the connection with broken framing was reused: {seen:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 6. Responses without a body whatever their headers say.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_204_and_304_have_no_body_despite_their_length_and_the_connection_is_reused() {
+    let b = Scripted::start(|req| {
+        let raw = match (req.method.as_str(), req.target.as_str()) {
+            ("HEAD", "/head") => {
+                "HTTP/1.1 200 OK\r\nContent-Length: 1234\r\nX-Mark: head\r\n\r\n"
+            }
+            ("HEAD", "/head-chunked") => {
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Mark: head-chunked\r\n\r\n"
+            }
+            (_, "/204") => "HTTP/1.1 204 No Content\r\nContent-Length: 5\r\nX-Mark: 204\r\n\r\n",
+            (_, "/304") => {
+                "HTTP/1.1 304 Not Modified\r\nContent-Length: 42\r\nETag: \"v1\"\r\nX-Mark: 304\r\n\r\n"
+            }
+            _ => OK,
+        };
+        Reply::Send(raw.as_bytes().to_vec())
+    })
+    .await;
+    let p = start_proxy(&b, &[]).await;
+    let mut c = open(&p).await;
+    let head = |path: &str| {
+        Request::head(path)
+            .header("host", "app.test")
+            .body(Full::default())
+            .unwrap()
+    };
+
+    let r = send(&mut c, head("/head")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.headers["x-mark"], "head");
+    assert_eq!(r.headers["content-length"], "1234", "{:?}", r.headers);
+    assert!(r.bytes.is_empty());
+
+    let r = send(&mut c, head("/head-chunked")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.headers["x-mark"], "head-chunked");
+    assert!(r.bytes.is_empty());
+
+    let r = get(&mut c, "/204").await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert_eq!(r.headers["x-mark"], "204");
+    assert!(r.bytes.is_empty());
+
+    let r = get(&mut c, "/304").await;
+    assert_eq!(r.status, StatusCode::NOT_MODIFIED);
+    assert_eq!(r.headers["x-mark"], "304");
+    assert_eq!(r.headers["etag"], "\"v1\"");
+    assert!(r.bytes.is_empty());
+
+    // Had the proxy waited for those bodies, this would hang or be garbled.
+    assert_eq!(get(&mut c, "/ok").await.body, "ok");
+    assert_eq!(
+        b.counts().accepts,
+        1,
+        "five requests, one upstream connection"
+    );
+    assert!(b.seen().iter().all(|s| s.conn == 0));
+}
+
+// ---------------------------------------------------------------------------
+// 7. Request bodies.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_reach_the_backend_intact_with_length_chunked_or_empty_framing() {
+    let b = Scripted::start(|_| Reply::Send(OK.as_bytes().to_vec())).await;
+    let p = start_proxy(&b, &[]).await;
+
+    // Content-Length body, large enough for many writes.
+    let payload: Vec<u8> = (0..1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let mut c = open(&p).await;
+    let req = Request::post("/length")
+        .header("host", "app.test")
+        .body(Full::new(Bytes::from(payload.clone())))
+        .unwrap();
+    assert_eq!(send(&mut c, req).await.status, StatusCode::OK);
+
+    // A chunked client body, with extensions and a trailer.
+    let chunked = "POST /chunked HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+                   5;ext=1\r\nhello\r\n1\r\n,\r\n7\r\n world!\r\n0\r\nx-trailer: t\r\n\r\n";
+    let r = raw(&p, chunked.as_bytes()).await;
+    assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
+
+    // An empty POST without any framing, and one with Content-Length: 0.
+    let r = raw(
+        &p,
+        b"POST /empty HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
+    let r = raw(
+        &p,
+        b"POST /empty-cl HTTP/1.1\r\nHost: app.test\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
+
+    let seen = b.seen();
+    let by = |t: &str| seen.iter().find(|s| s.target == t).unwrap().clone();
+
+    let length = by("/length");
+    assert_eq!(length.one("content-length"), Some("1048576"));
+    assert_eq!(length.one("transfer-encoding"), None);
+    assert_eq!(length.body.len(), payload.len());
+    assert!(length.body == payload, "Content-Length body differs");
+
+    let chunked = by("/chunked");
+    assert_eq!(chunked.one("transfer-encoding"), Some("chunked"));
+    assert_eq!(chunked.one("content-length"), None);
+    assert_eq!(String::from_utf8_lossy(&chunked.body), "hello, world!");
+
+    for t in ["/empty", "/empty-cl"] {
+        let empty = by(t);
+        assert_eq!(empty.one("content-length"), Some("0"), "{t}: {empty:?}");
+        assert_eq!(empty.one("transfer-encoding"), None, "{t}");
+        assert!(empty.body.is_empty());
+    }
+    assert!(seen
+        .iter()
+        .all(|s| s.method == "POST" && s.version == "HTTP/1.1"));
+}
+
+// ---------------------------------------------------------------------------
+// 9 and 10. Headers both ways.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backend_sees_host_kept_forwarding_headers_set_and_no_hop_by_hop_fields() {
+    let b = Scripted::start(|_| Reply::Send(OK.as_bytes().to_vec())).await;
+    let p = start_proxy(&b, &[]).await;
+    let req = "GET /path/x?q=1&r=%20 HTTP/1.1\r\n\
+               Host: shop.example:8443\r\n\
+               X-Forwarded-For: 203.0.113.9\r\n\
+               X-Forwarded-For: 198.51.100.2\r\n\
+               X-Forwarded-Proto: gopher\r\n\
+               X-Forwarded-Host: evil.test\r\n\
+               Connection: keep-alive, X-Hop\r\n\
+               X-Hop: secret\r\n\
+               Keep-Alive: timeout=5\r\n\
+               TE: trailers\r\n\
+               Proxy-Authorization: Basic c2VjcmV0\r\n\
+               Proxy-Connection: keep-alive\r\n\
+               Upgrade: h2c\r\n\
+               X-App: kept\r\n\
+               X-App: twice\r\n\
+               Authorization: Bearer end-to-end\r\n\
+               \r\n";
+    let mut s = TcpStream::connect(p.http).await.unwrap();
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let head = within("response head", read_head(&mut s, &mut buf))
+        .await
+        .expect("a response");
+    assert!(
+        head.starts_with(b"HTTP/1.1 200 OK\r\n"),
+        "{:?}",
+        String::from_utf8_lossy(&head)
+    );
+
+    let seen = b.seen();
+    assert_eq!(seen.len(), 1);
+    let r = &seen[0];
+    assert_eq!(
+        (r.method.as_str(), r.target.as_str(), r.version.as_str()),
+        ("GET", "/path/x?q=1&r=%20", "HTTP/1.1")
+    );
+    assert_eq!(r.one("host"), Some("shop.example:8443"));
+    assert_eq!(
+        r.one("x-forwarded-for"),
+        Some("203.0.113.9, 198.51.100.2, 127.0.0.1")
+    );
+    assert_eq!(r.one("x-forwarded-proto"), Some("http"));
+    assert_eq!(r.one("x-forwarded-host"), Some("shop.example:8443"));
+    assert_eq!(r.all("x-app"), ["kept", "twice"]);
+    assert_eq!(r.one("authorization"), Some("Bearer end-to-end"));
+    for hop in [
+        "connection",
+        "x-hop",
+        "keep-alive",
+        "te",
+        "proxy-authorization",
+        "proxy-connection",
+        "upgrade",
+        "transfer-encoding",
+        "content-length",
+    ] {
+        assert!(r.all(hop).is_empty(), "{hop} reached the backend: {r:?}");
+    }
+    // Host comes first, as the request line's companion.
+    assert_eq!(r.headers[0].0, "host");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_hop_by_hop_fields_are_not_relayed_and_end_to_end_ones_are() {
+    let b = Scripted::routes(&[
+        (
+            "/connection-first",
+            "HTTP/1.1 200 OK\r\nConnection: x-foo, keep-alive\r\nX-Foo: secret\r\nKeep-Alive: timeout=5\r\n\
+             X-End: kept\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nProxy-Authenticate: Basic\r\n\
+             Trailer: x-t\r\nUpgrade: h2c\r\nContent-Length: 2\r\n\r\nok",
+        ),
+        (
+            "/connection-last",
+            "HTTP/1.1 200 OK\r\nX-Foo: secret\r\nX-Bar: secret too\r\nX-End: kept\r\nKeep-Alive: max=9\r\n\
+             Connection: X-Foo\r\nConnection: x-bar\r\nContent-Length: 2\r\n\r\nok",
+        ),
+    ])
+    .await;
+    let p = start_proxy(&b, &[]).await;
+    let mut c = open(&p).await;
+    for path in ["/connection-first", "/connection-last"] {
+        let r = get(&mut c, path).await;
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (StatusCode::OK, "ok"),
+            "{path}"
+        );
+        assert_eq!(r.headers["x-end"], "kept", "{path}");
+        for hop in [
+            "x-foo",
+            "x-bar",
+            "keep-alive",
+            "proxy-authenticate",
+            "trailer",
+            "upgrade",
+        ] {
+            assert!(
+                r.headers.get(hop).is_none(),
+                "{path}: {hop} was relayed: {:?}",
+                r.headers
+            );
+        }
+        for v in r.headers.get_all("connection") {
+            let v = v.to_str().unwrap().to_ascii_lowercase();
+            assert!(!v.contains("x-foo") && !v.contains("x-bar"), "{path}: {v}");
+        }
+        if path == "/connection-first" {
+            let cookies: Vec<_> = r.headers.get_all("set-cookie").iter().collect();
+            assert_eq!(cookies, ["a=1", "b=2"]);
+        }
+    }
+    // `Connection` naming fields is no reason to close.
+    assert_eq!(b.counts().accepts, 1);
+}
+
+// ---------------------------------------------------------------------------
+// More framing and connection edge cases.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_a_backend_sends_beyond_its_answer_are_never_taken_for_the_next_answer() {
+    let b = Scripted::start(|req| match (req.conn, req.target.as_str()) {
+        // A second, unasked response right behind the first.
+        (_, "/extra") => Reply::Send(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled"
+                .to_vec(),
+        ),
+        // A body behind an answer to HEAD.
+        (_, "/head-with-body") => Reply::Send(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled".to_vec(),
+        ),
+        _ => Reply::Send(OK.as_bytes().to_vec()),
+    })
+    .await;
+    let p = start_proxy(&b, &[]).await;
+    let mut c = open(&p).await;
+    assert_eq!(get(&mut c, "/extra").await.body, "ok");
+    let r = get(&mut c, "/next").await;
+    assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "ok"));
+
+    let head = Request::head("/head-with-body")
+        .header("host", "app.test")
+        .body(Full::default())
+        .unwrap();
+    let r = send(&mut c, head).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.bytes.is_empty());
+    let r = get(&mut c, "/next").await;
+    assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "ok"));
+
+    // Each request after a dirty answer went on another connection.
+    let seen: Vec<_> = b
+        .seen()
+        .iter()
+        .map(|s| (s.target.clone(), s.conn))
+        .collect();
+    assert_eq!(seen.len(), 4, "{seen:?}");
+    for pair in seen.chunks(2) {
+        assert_eq!(pair[1].0, "/next");
+        assert_ne!(pair[0].1, pair[1].1, "reused after unread bytes: {seen:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_response_heads_are_502() {
+    let many: String = (0..120).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let many = format!("HTTP/1.1 200 OK\r\n{many}Content-Length: 2\r\n\r\nok");
+    let huge = format!(
+        "HTTP/1.1 200 OK\r\nX-Big: {}\r\nContent-Length: 2\r\n\r\nok",
+        "a".repeat(200 * 1024)
+    );
+    let b = Scripted::start(move |req| {
+        Reply::Send(
+            match req.target.as_str() {
+                "/many" => many.as_str(),
+                "/huge" => huge.as_str(),
+                _ => OK,
+            }
+            .as_bytes()
+            .to_vec(),
+        )
+    })
+    .await;
+    let p = start_proxy(&b, &[]).await;
+    let mut c = open(&p).await;
+    for path in ["/many", "/huge"] {
+        let r = get(&mut c, path).await;
+        assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{path}");
+        assert_eq!(get(&mut c, "/ok").await.body, "ok", "{path}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_head_just_over_64_kib_is_502() {
+    // http1.rs: `MAX_HEAD` "the largest response head accepted" is 64 KiB.
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nX-Big: {}\r\nContent-Length: 2\r\n\r\nok",
+        "a".repeat(66 * 1024)
+    );
+    let b = Scripted::start(move |req| match req.target.as_str() {
+        "/big" => Reply::Send(head.as_bytes().to_vec()),
+        _ => Reply::Send(OK.as_bytes().to_vec()),
+    })
+    .await;
+    let p = start_proxy(&b, &[]).await;
+    let mut c = open(&p).await;
+    let r = get(&mut c, "/big").await;
+    assert_eq!(
+        r.status,
+        StatusCode::BAD_GATEWAY,
+        "a 66 KiB response head was relayed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_expecting_100_continue_gets_one_100_and_its_body_is_delivered() {
+    // The backend also sends its own 100 before the final answer.
+    let b = Scripted::start(|_| {
+        Reply::Send(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ndone"
+                .to_vec(),
+        )
+    })
+    .await;
+    let p = start_proxy(&b, &[]).await;
+    let mut s = TcpStream::connect(p.http).await.unwrap();
+    s.write_all(
+        b"POST /upload HTTP/1.1\r\nHost: app.test\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    // The client sends its body only once told to continue.
+    let interim = within("100 Continue", read_head(&mut s, &mut buf))
+        .await
+        .unwrap();
+    assert!(
+        interim.starts_with(b"HTTP/1.1 100 Continue\r\n"),
+        "{:?}",
+        String::from_utf8_lossy(&interim)
+    );
+    s.write_all(b"hello").await.unwrap();
+    let head = within("final head", read_head(&mut s, &mut buf))
+        .await
+        .unwrap();
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert_eq!(
+        within("body", take(&mut s, &mut buf, 4)).await.unwrap(),
+        b"done"
+    );
+    assert_eq!(b.seen()[0].body, b"hello");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_arriving_in_awkward_pieces_is_put_back_together() {
+    // Split inside the status line, a field, the blank line, an interim
+    // answer, a chunk-size line, chunk data and the CRLFs around them.
+    let pieces: Vec<Vec<u8>> = [
+        "HTTP/1.1 10",
+        "3 Early Hints\r\nLink: </a>\r",
+        "\n\r",
+        "\nHTTP/1.1 200 OK\r\nTransfer-Enc",
+        "oding: chunked\r\nX-Y: z\r\n\r",
+        "\n5",
+        ";e=1\r",
+        "\nhel",
+        "lo\r",
+        "\n0\r\n",
+        "x-trailer: 1\r\n",
+        "\r\n",
+    ]
+    .iter()
+    .map(|p| p.as_bytes().to_vec())
+    .collect();
+    let b = Scripted::start(move |_| Reply::Drip(pieces.clone(), Duration::from_millis(15))).await;
+    let p = start_proxy(&b, &[]).await;
+    let mut c = open(&p).await;
+    for _ in 0..2 {
+        let r = get(&mut c, "/pieces").await;
+        assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "hello"));
+        assert_eq!(r.headers["x-y"], "z");
+    }
+    assert_eq!(b.counts().accepts, 1);
+}
