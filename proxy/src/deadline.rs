@@ -29,7 +29,12 @@ impl LazyDeadline {
     }
 
     /// [`Self::poll_passed`] for a caller that has just read the clock.
-    pub fn poll_passed_at(&mut self, cx: &mut Context<'_>, now: Instant, deadline: Instant) -> Poll<()> {
+    pub fn poll_passed_at(
+        &mut self,
+        cx: &mut Context<'_>,
+        now: Instant,
+        deadline: Instant,
+    ) -> Poll<()> {
         // Polling the timer registers the waker with the timer driver again
         // (atomics, a lock); asked by the same task before the timer is due,
         // the answer is known without it.

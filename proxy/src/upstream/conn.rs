@@ -83,9 +83,7 @@ impl Conn {
         poll_fn(|cx| {
             while written < data.len() {
                 match Pin::new(&mut self.tcp).poll_write(cx, &data[written..]) {
-                    Poll::Ready(Ok(0)) => {
-                        return Poll::Ready(Err(io::ErrorKind::WriteZero.into()))
-                    }
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                     Poll::Ready(Ok(n)) => {
                         written += n;
                         self.moved = true;
