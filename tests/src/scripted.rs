@@ -18,8 +18,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::{AbortHandle, JoinSet};
+
 /// Every wait in these tests ends within this, so a hang fails instead.
-pub const LIMIT: Duration = Duration::from_secs(10);
+const LIMIT: Duration = Duration::from_secs(10);
 
 pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
     tokio::time::timeout(LIMIT, fut)
@@ -88,7 +89,7 @@ pub enum Reply {
 
 /// Chooses the reply from the request head (the body is read afterwards,
 /// unless the reply is [`Reply::EarlyClose`] or [`Reply::HoldUnread`]).
-pub type Script = Box<dyn Fn(&Seen) -> Reply + Send + Sync>;
+type Script = Box<dyn Fn(&Seen) -> Reply + Send + Sync>;
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Counts {
@@ -100,19 +101,19 @@ pub struct Counts {
     pub backend_closed: usize,
 }
 
-pub struct Shared {
-    pub script: Script,
-    pub seen: Mutex<Vec<Seen>>,
-    pub counts: watch::Sender<Counts>,
+struct Shared {
+    script: Script,
+    seen: Mutex<Vec<Seen>>,
+    counts: watch::Sender<Counts>,
     /// Bumped to make every connection waiting for a request close.
-    pub kick: watch::Sender<u64>,
+    kick: watch::Sender<u64>,
 }
 
 /// A backend on 127.0.0.1:0 that answers from a script; stopped when dropped.
 pub struct Scripted {
-    pub addr: SocketAddr,
-    pub shared: Arc<Shared>,
-    pub accept: AbortHandle,
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    accept: AbortHandle,
 }
 
 impl Scripted {
@@ -180,7 +181,7 @@ impl Drop for Scripted {
     }
 }
 
-pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     let mut conns = JoinSet::new();
     let mut n = 0;
     loop {
@@ -194,7 +195,7 @@ pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-pub async fn serve(mut tcp: TcpStream, conn: usize, shared: Arc<Shared>) {
+async fn serve(mut tcp: TcpStream, conn: usize, shared: Arc<Shared>) {
     let mut kick = shared.kick.subscribe();
     kick.mark_unchanged();
     let mut buf = Vec::new();
@@ -291,7 +292,7 @@ pub async fn serve(mut tcp: TcpStream, conn: usize, shared: Arc<Shared>) {
 }
 
 /// Reads more bytes into `buf`; false at end of stream or on an error.
-pub async fn fill(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
+async fn fill(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
     let mut chunk = [0u8; 64 * 1024];
     match tcp.read(&mut chunk).await {
         Ok(n) if n > 0 => {
@@ -331,7 +332,7 @@ pub async fn take(tcp: &mut TcpStream, buf: &mut Vec<u8>, n: usize) -> Option<Ve
 }
 
 /// One CRLF-terminated line, without its CRLF.
-pub async fn line(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
+async fn line(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
     loop {
         if let Some(at) = find(buf, b"\r\n") {
             let mut l: Vec<u8> = buf.drain(..at + 2).collect();
@@ -345,7 +346,7 @@ pub async fn line(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
 }
 
 /// The request body as framed by the head; `None` if the stream ends early.
-pub async fn read_body(tcp: &mut TcpStream, buf: &mut Vec<u8>, req: &Seen) -> Option<Vec<u8>> {
+async fn read_body(tcp: &mut TcpStream, buf: &mut Vec<u8>, req: &Seen) -> Option<Vec<u8>> {
     let chunked = req
         .all("transfer-encoding")
         .iter()
@@ -372,7 +373,7 @@ pub async fn read_body(tcp: &mut TcpStream, buf: &mut Vec<u8>, req: &Seen) -> Op
     }
 }
 
-pub fn parse_request(head: &[u8]) -> Seen {
+fn parse_request(head: &[u8]) -> Seen {
     let text = std::str::from_utf8(head).expect("request head is UTF-8");
     let mut lines = text.split("\r\n");
     let mut start = lines.next().unwrap().split(' ');
@@ -390,7 +391,7 @@ pub fn parse_request(head: &[u8]) -> Seen {
     seen
 }
 
-pub const NOT_FOUND: &str = "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n";
+const NOT_FOUND: &str = "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n";
 pub const OK: &str = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
 
 // ---------------------------------------------------------------------------
@@ -418,6 +419,20 @@ pub async fn send(c: &mut Conn, req: Request<Full<Bytes>>) -> request::Reply {
     within(&what, c.send(req))
         .await
         .unwrap_or_else(|e| panic!("{what}: {e}"))
+}
+
+pub fn head(path: &str) -> Request<Full<Bytes>> {
+    Request::head(path)
+        .header("host", "app.test")
+        .body(Full::default())
+        .unwrap()
+}
+
+pub fn post(path: &str, body: impl Into<Bytes>) -> Request<Full<Bytes>> {
+    Request::post(path)
+        .header("host", "app.test")
+        .body(Full::new(body.into()))
+        .unwrap()
 }
 
 /// Writes `bytes` on a new connection and reads until the proxy closes.

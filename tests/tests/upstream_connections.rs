@@ -1,5 +1,6 @@
 //! The life of the proxy's upstream connections, against scripted backends
-//! (`handoff_tests::scripted`): keep-alive reuse and pinning, connections the
+//! (`handoff_tests::scripted`): keep-alive reuse and pinning, no reuse after
+//! a read-until-close, HTTP/1.0 or `Connection: close` answer, connections the
 //! backend closed while idle, which requests are retried, early answers,
 //! the upstream silence timeout, the WebSocket tunnel, large streamed
 //! bodies, and a switch closing the old generation's pinned connections.
@@ -13,6 +14,58 @@ use http_body_util::Full;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+// ---------------------------------------------------------------------------
+// 3. Bodies delimited by the backend's close.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_until_close_response_arrives_whole_and_the_next_request_gets_a_new_connection() {
+    // Large enough to take many reads on the way.
+    let body: Vec<u8> = (0..300 * 1024u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let reply = {
+        let mut r = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n".to_vec();
+        r.extend_from_slice(&body);
+        r
+    };
+    let b = Scripted::start(move |req| match req.target.as_str() {
+        "/until-close" => Reply::SendClose(reply.clone()),
+        // An HTTP/1.0 answer and an explicit close: not reused either.
+        "/http10" => Reply::Send(b"HTTP/1.0 200 OK\r\nContent-Length: 4\r\n\r\nv1.0".to_vec()),
+        "/close" => Reply::Send(
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 5\r\n\r\nclose".to_vec(),
+        ),
+        _ => Reply::Send(OK.as_bytes().to_vec()),
+    })
+    .await;
+    let p = start_proxy(&b, &[]).await;
+    let mut c = open(&p).await;
+    let r = get(&mut c, "/until-close").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.bytes.len(), body.len());
+    assert!(r.bytes == body.as_slice(), "body differs");
+    assert_eq!(get(&mut c, "/ok").await.body, "ok");
+    assert_eq!(b.counts().accepts, 2);
+
+    assert_eq!(get(&mut c, "/http10").await.body, "v1.0");
+    assert_eq!(get(&mut c, "/ok").await.body, "ok");
+    assert_eq!(get(&mut c, "/close").await.body, "close");
+    assert_eq!(get(&mut c, "/ok").await.body, "ok");
+    let seen = b.seen();
+    let conns: Vec<_> = seen.iter().map(|s| (s.target.as_str(), s.conn)).collect();
+    // /ok after /until-close is on a new connection; /http10 reuses it, and
+    // after /http10 and /close the proxy connects anew.
+    assert_eq!(
+        conns,
+        [
+            ("/until-close", 0),
+            ("/ok", 1),
+            ("/http10", 1),
+            ("/ok", 2),
+            ("/close", 2),
+            ("/ok", 3),
+        ]
+    );
+}
 
 // ---------------------------------------------------------------------------
 // 5. Stale keep-alive connections.
