@@ -58,6 +58,43 @@ impl LazyDeadline {
     }
 }
 
+/// How long a connection has gone without moving a byte, for idle and
+/// silence timeouts. Traffic only calls [`Silence::moved`]; the clock is read
+/// when the connection has to wait, which dates the last traffic at most one
+/// wait late: a request costs one clock read, not one per read and write.
+pub struct Silence {
+    limit: std::time::Duration,
+    since: Instant,
+    moved: bool,
+    timer: LazyDeadline,
+}
+
+impl Silence {
+    pub fn new(limit: std::time::Duration) -> Self {
+        Self {
+            limit,
+            since: Instant::now(),
+            moved: false,
+            timer: LazyDeadline::default(),
+        }
+    }
+
+    /// Bytes moved.
+    pub fn moved(&mut self) {
+        self.moved = true;
+    }
+
+    /// Called when a read or write must wait: ready once nothing has moved
+    /// for the limit.
+    pub fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let now = Instant::now();
+        if std::mem::take(&mut self.moved) {
+            self.since = now;
+        }
+        self.timer.poll_passed_at(cx, now, self.since + self.limit)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,7 +11,7 @@
 //! Every request on a flagged connection is answered 400 and the connection
 //! closes, so a request pipelined behind the probe is refused too.
 
-use crate::deadline::LazyDeadline;
+use crate::deadline::Silence;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -19,7 +19,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::Instant;
 
 /// What the scanner found, read by the request service.
 #[derive(Debug, Default)]
@@ -40,41 +39,25 @@ pub struct WireIo<I> {
     inner: I,
     scan: HeadScan,
     flags: Arc<ConnFlags>,
-    idle: Duration,
-    last: Instant,
-    /// Bytes moved since `last` was taken.
-    moved: bool,
-    timer: LazyDeadline,
+    idle: Silence,
 }
 
 impl<I> WireIo<I> {
     pub fn new(inner: I, idle: Duration) -> (Self, Arc<ConnFlags>) {
         let flags = Arc::new(ConnFlags::default());
-        let now = Instant::now();
         let io = WireIo {
             inner,
             scan: HeadScan::default(),
             flags: Arc::clone(&flags),
-            idle,
-            last: now,
-            moved: false,
-            timer: LazyDeadline::default(),
+            idle: Silence::new(idle),
         };
         (io, flags)
     }
 
-    /// Polled only while a read is pending. Traffic only sets `moved`; the
-    /// clock is read here, when the connection waits, which puts `last` at
-    /// most one wait late: a request then costs one clock read, not one per
-    /// read and write. The timer follows `last` only when it fires (see
-    /// [`LazyDeadline`]).
+    /// Polled only while a read is pending (see [`Silence`]).
     fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
-        let now = Instant::now();
-        if std::mem::take(&mut self.moved) {
-            self.last = now;
-        }
-        self.timer
-            .poll_passed_at(cx, now, self.last + self.idle)
+        self.idle
+            .poll_expired(cx)
             .map(|()| io::Error::new(io::ErrorKind::TimedOut, "client connection idle"))
     }
 }
@@ -91,7 +74,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for WireIo<I> {
             Poll::Ready(Ok(())) => {
                 let new = &buf.filled()[before..];
                 if !new.is_empty() {
-                    this.moved = true;
+                    this.idle.moved();
                     if this.scan.feed(new) {
                         this.flags.framing_conflict.store(true, Relaxed);
                     }
@@ -116,7 +99,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for WireIo<I> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_write(cx, data);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            this.moved = true;
+            this.idle.moved();
         }
         r
     }
@@ -129,7 +112,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for WireIo<I> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            this.moved = true;
+            this.idle.moved();
         }
         r
     }

@@ -4,7 +4,7 @@
 //! task of the client request, so a connection is a plain socket plus the
 //! bytes read from it and not yet used: no connection task, no channel.
 
-use crate::deadline::LazyDeadline;
+use crate::deadline::Silence;
 use bytes::BytesMut;
 use std::future::poll_fn;
 use std::io;
@@ -13,7 +13,6 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
-use tokio::time::Instant;
 
 /// Free space below which the read buffer grows before a read.
 const MIN_SPARE: usize = 2048;
@@ -29,17 +28,11 @@ pub struct Conn {
     /// Read from the backend and not yet consumed.
     pub(crate) buf: BytesMut,
     /// How long the backend may stay silent while the proxy waits on it
-    /// (nginx's `proxy_read_timeout` and `proxy_send_timeout` in one).
-    timeout: Duration,
-    /// When the silence began: taken when a read or write has to wait, so a
-    /// request costs a clock read per wait, not per byte moved.
-    quiet_since: Instant,
-    /// Bytes moved since `quiet_since` was taken.
-    moved: bool,
-    /// Why one timer per connection and not a `tokio::time::timeout` per
-    /// request: registering and removing a timer on every request was
-    /// measurable in the profile; see `deadline`.
-    timer: LazyDeadline,
+    /// (nginx's `proxy_read_timeout` and `proxy_send_timeout` in one). One
+    /// timer per connection, not a `tokio::time::timeout` per request:
+    /// registering and removing a timer on every request was measurable in
+    /// the profile; see `deadline`.
+    silence: Silence,
 }
 
 impl Conn {
@@ -47,10 +40,7 @@ impl Conn {
         Self {
             tcp,
             buf: BytesMut::new(),
-            timeout,
-            quiet_since: Instant::now(),
-            moved: false,
-            timer: LazyDeadline::default(),
+            silence: Silence::new(timeout),
         }
     }
 
@@ -66,7 +56,9 @@ impl Conn {
         }
         match tokio_util::io::poll_read_buf(Pin::new(&mut self.tcp), cx, &mut self.buf) {
             Poll::Ready(Ok(n)) => {
-                self.moved |= n > 0;
+                if n > 0 {
+                    self.silence.moved();
+                }
                 Poll::Ready(Ok(n))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
@@ -78,7 +70,7 @@ impl Conn {
     /// timeout fails the write.
     pub async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
         // A request starts the backend's clock, whatever it did before.
-        self.moved = true;
+        self.silence.moved();
         let mut written = 0;
         poll_fn(|cx| {
             while written < data.len() {
@@ -86,7 +78,7 @@ impl Conn {
                     Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                     Poll::Ready(Ok(n)) => {
                         written += n;
-                        self.moved = true;
+                        self.silence.moved();
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                     Poll::Pending => return self.poll_silence(cx).map(Err),
@@ -99,12 +91,8 @@ impl Conn {
 
     /// Called when a read or write must wait.
     fn poll_silence(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
-        let now = Instant::now();
-        if std::mem::take(&mut self.moved) {
-            self.quiet_since = now;
-        }
-        self.timer
-            .poll_passed_at(cx, now, self.quiet_since + self.timeout)
+        self.silence
+            .poll_expired(cx)
             .map(|()| io::Error::new(io::ErrorKind::TimedOut, SILENT))
     }
 

@@ -142,27 +142,17 @@ impl Decoder {
         loop {
             match self.state {
                 State::Done => return Ok(Step::End),
-                State::Length(n) | State::ChunkData(n) if buf.is_empty() => {
-                    let _ = n;
+                State::Length(_) | State::ChunkData(_) if buf.is_empty() => {
                     return Ok(Step::More);
                 }
-                State::Length(n) => {
+                State::Length(n) | State::ChunkData(n) => {
                     let data = take(buf, n);
                     let left = n - data.len() as u64;
-                    self.state = if left == 0 {
-                        State::Done
-                    } else {
-                        State::Length(left)
-                    };
-                    return Ok(Step::Data(data));
-                }
-                State::ChunkData(n) => {
-                    let data = take(buf, n);
-                    let left = n - data.len() as u64;
-                    self.state = if left == 0 {
-                        State::ChunkEnd
-                    } else {
-                        State::ChunkData(left)
+                    self.state = match (&self.state, left) {
+                        (State::Length(_), 0) => State::Done,
+                        (State::Length(_), _) => State::Length(left),
+                        (_, 0) => State::ChunkEnd,
+                        _ => State::ChunkData(left),
                     };
                     return Ok(Step::Data(data));
                 }

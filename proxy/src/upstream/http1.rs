@@ -222,7 +222,9 @@ fn parse(buf: &mut BytesMut, method: &Method, upgrade: bool) -> Result<Parsed, E
             if !named {
                 continue;
             }
-        } else if is_hop_by_hop(name) || (name.eq_ignore_ascii_case(b"upgrade") && !tunnel) {
+        } else if crate::headers::is_hop_by_hop_name(name)
+            || (name.eq_ignore_ascii_case(b"upgrade") && !tunnel)
+        {
             continue;
         }
         let at = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
@@ -256,21 +258,6 @@ fn parse(buf: &mut BytesMut, method: &Method, upgrade: bool) -> Result<Parsed, E
         framing,
         reusable,
     }))
-}
-
-/// Hop-by-hop whatever `Connection` says (RFC 9110 §7.6.1); `Connection`,
-/// `Transfer-Encoding` and `Upgrade` are handled by the caller.
-fn is_hop_by_hop(name: &[u8]) -> bool {
-    [
-        &b"keep-alive"[..],
-        b"proxy-connection",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"te",
-        b"trailer",
-    ]
-    .iter()
-    .any(|h| name.eq_ignore_ascii_case(h))
 }
 
 #[cfg(test)]
