@@ -12,13 +12,17 @@ use crate::forward::{local, ClientConn, Forwarder};
 use crate::limits::{self, BodyError, Limits, Rejection, RequestBody};
 use crate::wire::{ConnFlags, WireIo};
 use crate::workers::Workers;
+use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -26,15 +30,13 @@ use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 /// Per-connection protocol settings shared by every listener.
-pub fn connection_builder(
-    header_read_timeout: Duration,
-    limits: &Limits,
-) -> auto::Builder<TokioExecutor> {
+pub fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout)
+        // Timed by `WireIo` instead, without a timer per request.
+        .header_read_timeout(None)
         .keep_alive(true)
         .writev(false)
         // A head that does not fit the read buffer is answered 431 by hyper.
@@ -233,6 +235,7 @@ pub struct Accept {
     pub permits: Arc<Semaphore>,
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
+    pub header_timeout: Duration,
     pub metrics: &'static crate::metrics::Metrics,
 }
 
@@ -325,7 +328,7 @@ async fn serve_connection<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (io, flags) = WireIo::new(io, accept.idle_timeout);
+    let (io, flags) = WireIo::new(io, accept.idle_timeout, accept.header_timeout);
     // Everything a request needs from its connection, behind one reference
     // count that only this connection's thread touches.
     let conn = Arc::new(Conn {
@@ -338,6 +341,7 @@ async fn serve_connection<I>(
         let conn = Arc::clone(&conn);
         hyper::service::service_fn(move |req| {
             let conn = Arc::clone(&conn);
+            conn.flags.head_read();
             // Checked before the future is made, so it holds only what passed.
             let mut admission = conn.front.admit(req, &conn.flags);
             async move {
@@ -345,7 +349,9 @@ async fn serve_connection<I>(
                     .front
                     .handle(&mut admission, &conn.client, conn.scheme)
                     .await;
-                Ok::<_, std::convert::Infallible>(resp)
+                // After a 101 the connection is a tunnel, never between requests.
+                let conn = (resp.status() != StatusCode::SWITCHING_PROTOCOLS).then_some(conn);
+                Ok::<_, std::convert::Infallible>(resp.map(|body| Answer { body, conn }))
             }
         })
     };
@@ -358,6 +364,41 @@ async fn serve_connection<I>(
     }
     if let Some(active) = conn.front.forwarder.router.active() {
         conn.client.pinned.release_to(active.id, &active.pool);
+    }
+}
+
+/// A response body as hyper writes it; when hyper is done with it, the
+/// connection is between requests again (see [`wire`](crate::wire)).
+struct Answer {
+    body: ProxyBody,
+    conn: Option<Arc<Conn>>,
+}
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        if let Some(conn) = &self.conn {
+            conn.flags.answered();
+        }
+    }
+}
+
+impl Body for Answer {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -414,10 +455,11 @@ pub fn start(
 ) -> (Arc<GracefulShutdown>, Vec<tokio::task::JoinHandle<()>>) {
     let limits = config.limits.clone();
     let accept = Arc::new(Accept {
-        builder: Arc::new(connection_builder(config.header_read_timeout, &limits)),
+        builder: Arc::new(connection_builder(&limits)),
         permits: Arc::new(Semaphore::new(limits.max_connections)),
         handshake_timeout: limits.handshake_timeout,
         idle_timeout: limits.idle_timeout,
+        header_timeout: config.header_read_timeout,
         metrics: forwarder.metrics,
     });
     let graceful = Arc::new(GracefulShutdown::new());

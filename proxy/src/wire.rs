@@ -1,5 +1,14 @@
-//! The client's byte stream as hyper reads it: an idle timeout, and a look at
-//! raw request heads for the framing tricks hyper's parser resolves silently.
+//! The client's byte stream as hyper reads it: an idle timeout, a request
+//! head timeout, and a look at raw request heads for the framing tricks
+//! hyper's parser resolves silently.
+//!
+//! The head timeout is kept here rather than by hyper, which arms a fresh
+//! timer for every request (an allocation, a clock read and a timer-wheel
+//! insertion and removal, about a twentieth of a proxied request's
+//! instructions). As in nginx, a head is timed from its first byte (or from
+//! the accept, for a connection's first request) and the wait between
+//! requests is the idle timeout's; the clock is read only when a head does
+//! not arrive in one read, which is rare.
 //!
 //! hyper, given both `Content-Length` and `Transfer-Encoding`, drops the
 //! length and closes after the request; given the same length twice, it keeps
@@ -11,19 +20,25 @@
 //! Every request on a flagged connection is answered 400 and the connection
 //! closes, so a request pipelined behind the probe is refused too.
 
-use crate::deadline::Silence;
+use crate::deadline::{LazyDeadline, Silence};
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
 
-/// What the scanner found, read by the request service.
+/// What the scanner found, read by the request service, and where the
+/// connection's requests are, told by the service.
 #[derive(Debug, Default)]
 pub struct ConnFlags {
     framing_conflict: AtomicBool,
+    /// Request heads hyper handed to the service.
+    heads: AtomicU64,
+    /// Responses finished (written or abandoned).
+    answered: AtomicU64,
 }
 
 impl ConnFlags {
@@ -32,30 +47,87 @@ impl ConnFlags {
     pub fn framing_conflict(&self) -> bool {
         self.framing_conflict.load(Relaxed)
     }
+
+    /// A complete head reached the service.
+    pub fn head_read(&self) {
+        self.heads.fetch_add(1, Relaxed);
+    }
+
+    /// A response is over: what the client sends next is a new head. Not
+    /// called for a 101, after which the connection carries a tunnel.
+    pub fn answered(&self) {
+        self.answered.fetch_add(1, Relaxed);
+    }
+
+    /// Every request so far is answered, so bytes arriving now are a head.
+    fn between_requests(&self) -> bool {
+        self.heads.load(Relaxed) == self.answered.load(Relaxed)
+    }
 }
 
-/// An I/O stream closed after `idle` without a byte read or written.
+/// An I/O stream closed after `idle` without a byte read or written, or when
+/// a request head takes longer than the head timeout.
 pub struct WireIo<I> {
     inner: I,
     scan: HeadScan,
     flags: Arc<ConnFlags>,
     idle: Silence,
+    head: HeadClock,
+}
+
+/// Times the request head being read, if one is.
+struct HeadClock {
+    limit: Duration,
+    /// The head being read: the count of heads before it, and its deadline
+    /// once the clock has been read (at its first wait).
+    current: Option<(u64, Option<Instant>)>,
+    timer: LazyDeadline,
 }
 
 impl<I> WireIo<I> {
-    pub fn new(inner: I, idle: Duration) -> (Self, Arc<ConnFlags>) {
+    pub fn new(inner: I, idle: Duration, head: Duration) -> (Self, Arc<ConnFlags>) {
         let flags = Arc::new(ConnFlags::default());
         let io = WireIo {
             inner,
             scan: HeadScan::default(),
             flags: Arc::clone(&flags),
             idle: Silence::new(idle),
+            // The first head is timed from the accept.
+            head: HeadClock {
+                limit: head,
+                current: Some((0, None)),
+                timer: LazyDeadline::default(),
+            },
         };
         (io, flags)
     }
 
+    /// Bytes arrived: between requests, they start a head.
+    fn note_read(&mut self) {
+        let heads = self.flags.heads.load(Relaxed);
+        if matches!(self.head.current, Some((before, _)) if before == heads) {
+            return;
+        }
+        self.head.current = self.flags.between_requests().then_some((heads, None));
+    }
+
     /// Polled only while a read is pending (see [`Silence`]).
-    fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+    fn poll_timeouts(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        if let Some((before, deadline)) = &mut self.head.current {
+            // Not timed: a head hyper has since parsed, and HTTP/2, whose
+            // streams come and go on a connection the idle timeout governs.
+            if self.flags.heads.load(Relaxed) != *before || self.scan.saw_h2_preface() {
+                self.head.current = None;
+            } else {
+                let deadline = *deadline.get_or_insert_with(|| Instant::now() + self.head.limit);
+                if self.head.timer.poll_passed(cx, deadline).is_ready() {
+                    return Poll::Ready(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "request head not received in time",
+                    ));
+                }
+            }
+        }
         self.idle
             .poll_expired(cx)
             .map(|()| io::Error::new(io::ErrorKind::TimedOut, "client connection idle"))
@@ -78,10 +150,11 @@ impl<I: AsyncRead + Unpin> AsyncRead for WireIo<I> {
                     if this.scan.feed(new) {
                         this.flags.framing_conflict.store(true, Relaxed);
                     }
+                    this.note_read();
                 }
                 Poll::Ready(Ok(()))
             }
-            Poll::Pending => match this.poll_idle(cx) {
+            Poll::Pending => match this.poll_timeouts(cx) {
                 Poll::Ready(e) => Poll::Ready(Err(e)),
                 Poll::Pending => Poll::Pending,
             },
@@ -148,6 +221,7 @@ pub struct HeadScan {
     length: Option<u64>,
     chunked_or_te: bool,
     upgrade: bool,
+    h2: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,11 +243,18 @@ impl Default for HeadScan {
             length: None,
             chunked_or_te: false,
             upgrade: false,
+            h2: false,
         }
     }
 }
 
 impl HeadScan {
+    /// Whether the connection turned out to be HTTP/2 (prior knowledge or
+    /// ALPN: both start with the preface).
+    pub fn saw_h2_preface(&self) -> bool {
+        self.h2
+    }
+
     /// Feeds newly read bytes; returns true once a framing conflict is seen.
     pub fn feed(&mut self, mut bytes: &[u8]) -> bool {
         while !bytes.is_empty() {
@@ -243,6 +324,7 @@ impl HeadScan {
             self.request_line_seen = true;
             if line.starts_with(b"pri * http/2.0") {
                 self.state = State::Done;
+                self.h2 = true;
             }
             return false;
         }

@@ -327,3 +327,83 @@ async fn idle_keepalive_and_h2c_connections_are_closed_after_the_idle_timeout() 
     assert!(closed.is_ok(), "idle h2c connection was not closed");
     assert_eq!(request::get(p.http, "/").await.status, StatusCode::OK);
 }
+
+/// Reads until `end` has arrived (or the connection closes); returns all of it.
+async fn read_until(stream: &mut TcpStream, end: &[u8]) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(end.len()).any(|w| w == end) {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    buf
+}
+
+/// The head timeout runs from a head's first byte to its end, as nginx's
+/// client_header_timeout does: not while a keep-alive connection waits for
+/// its next request (the idle timeout's job), not while a body streams in,
+/// and not in a tunnel. A second head that drips is cut like a first one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_head_timeout_times_each_head_and_nothing_else() {
+    let b = Backend::start("b1").await;
+    let p = proxy_for(&b, &["--header-timeout", "1s", "--idle-timeout", "30s"]).await;
+    let mut s = TcpStream::connect(p.http).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_head(&mut s).await.starts_with("HTTP/1.1 200"));
+    let _ = read_until(&mut s, b"b1").await;
+    // Quiet between requests for longer than the head timeout.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // A body sent slowly, a byte every 400 ms: 1.6 s in all.
+    s.write_all(b"POST /echo HTTP/1.1\r\nHost: a.test\r\nContent-Length: 4\r\n\r\n")
+        .await
+        .unwrap();
+    for byte in [b"w", b"x", b"y", b"z"] {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        s.write_all(byte).await.unwrap();
+    }
+    let echoed = String::from_utf8_lossy(&read_until(&mut s, b"wxyz").await).into_owned();
+    assert!(echoed.starts_with("HTTP/1.1 200"), "{echoed}");
+    assert!(echoed.contains("wxyz"), "{echoed}");
+    // The third head drips, a line every 300 ms, and is cut.
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n")
+        .await
+        .unwrap();
+    let mut drips = 0;
+    while drips < 40 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if s.write_all(format!("X-Drip-{drips}: x\r\n").as_bytes())
+            .await
+            .is_err()
+        {
+            break;
+        }
+        drips += 1;
+    }
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+    assert!(drips < 40, "a dripping second head was never cut");
+    assert_eq!(b.requests(), 2, "the dripping head reached the backend");
+
+    // A WebSocket quiet for longer than the head timeout stays open.
+    let mut ws = TcpStream::connect(p.http).await.unwrap();
+    ws.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: a.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert!(read_head(&mut ws).await.starts_with("HTTP/1.1 101"));
+    for word in ["ping", "pong"] {
+        ws.write_all(word.as_bytes()).await.unwrap();
+        let mut got = [0u8; 4];
+        tokio::time::timeout(Duration::from_secs(5), ws.read_exact(&mut got))
+            .await
+            .expect("tunnel answered")
+            .expect("tunnel open");
+        assert_eq!(&got, word.as_bytes());
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+}
