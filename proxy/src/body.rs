@@ -44,7 +44,7 @@ impl UpstreamBody {
     /// client's next request finds it there.
     fn complete(&mut self) {
         let Some(conn) = self.conn.take() else { return };
-        if !self.reusable || !conn.buf.is_empty() {
+        if !self.reusable || conn.has_unread() {
             return;
         }
         let generation = self.in_flight.generation();
@@ -59,7 +59,7 @@ impl UpstreamBody {
             let Some(conn) = self.conn.as_mut() else {
                 return Poll::Ready(None);
             };
-            match self.decoder.decode(&mut conn.buf) {
+            match self.decoder.decode(conn.buf()) {
                 Ok(Step::Data(data)) => {
                     if self.decoder.is_done() {
                         self.complete();

@@ -23,10 +23,16 @@ const GROW: usize = 16 * 1024;
 /// too long; [`super::is_response_timeout`] recognises it.
 pub(super) const SILENT: &str = "backend sent nothing within the upstream timeout";
 
-pub struct Conn {
+/// Boxed: a connection moves from its pool or pin into the exchange, into
+/// the response body and home again on every request, and its state (a
+/// socket, a buffer, a timer) is large enough that copying it each time cost
+/// more than the one allocation per connection.
+pub struct Conn(Box<State>);
+
+struct State {
     tcp: TcpStream,
     /// Read from the backend and not yet consumed.
-    pub(crate) buf: BytesMut,
+    buf: BytesMut,
     /// How long the backend may stay silent while the proxy waits on it
     /// (nginx's `proxy_read_timeout` and `proxy_send_timeout` in one). One
     /// timer per connection, not a `tokio::time::timeout` per request:
@@ -37,11 +43,20 @@ pub struct Conn {
 
 impl Conn {
     pub fn new(tcp: TcpStream, timeout: Duration) -> Self {
-        Self {
+        Self(Box::new(State {
             tcp,
             buf: BytesMut::new(),
             silence: Silence::new(timeout),
-        }
+        }))
+    }
+
+    /// Read from the backend and not yet consumed.
+    pub(crate) fn buf(&mut self) -> &mut BytesMut {
+        &mut self.0.buf
+    }
+
+    pub(crate) fn has_unread(&self) -> bool {
+        !self.0.buf.is_empty()
     }
 
     /// Reads whatever the backend has sent into `buf`; `Ok(0)` is its end of
@@ -51,18 +66,19 @@ impl Conn {
     /// readiness after a short read, so [`Conn::is_open`] on a connection
     /// whose answer was read whole needs no system call.
     pub fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.buf.capacity() - self.buf.len() < MIN_SPARE {
-            self.buf.reserve(GROW);
+        let this = &mut *self.0;
+        if this.buf.capacity() - this.buf.len() < MIN_SPARE {
+            this.buf.reserve(GROW);
         }
-        match tokio_util::io::poll_read_buf(Pin::new(&mut self.tcp), cx, &mut self.buf) {
+        match tokio_util::io::poll_read_buf(Pin::new(&mut this.tcp), cx, &mut this.buf) {
             Poll::Ready(Ok(n)) => {
                 if n > 0 {
-                    self.silence.moved();
+                    this.silence.moved();
                 }
                 Poll::Ready(Ok(n))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => self.poll_silence(cx).map(Err),
+            Poll::Pending => this.poll_silence(cx).map(Err),
         }
     }
 
@@ -70,18 +86,18 @@ impl Conn {
     /// timeout fails the write.
     pub async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
         // A request starts the backend's clock, whatever it did before.
-        self.silence.moved();
+        self.0.silence.moved();
         let mut written = 0;
         poll_fn(|cx| {
             while written < data.len() {
-                match Pin::new(&mut self.tcp).poll_write(cx, &data[written..]) {
+                match Pin::new(&mut self.0.tcp).poll_write(cx, &data[written..]) {
                     Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                     Poll::Ready(Ok(n)) => {
                         written += n;
-                        self.silence.moved();
+                        self.0.silence.moved();
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Pending => return self.poll_silence(cx).map(Err),
+                    Poll::Pending => return self.0.poll_silence(cx).map(Err),
                 }
             }
             Poll::Ready(Ok(()))
@@ -89,6 +105,34 @@ impl Conn {
         .await
     }
 
+    /// Whether an idle connection can carry another request: the backend
+    /// has neither closed it nor sent anything unasked. Costs no system call
+    /// unless the socket has become readable since it was last read.
+    pub fn is_open(&self) -> bool {
+        if !self.0.buf.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        // Pending unless the backend sent something (its close included)
+        // since the last read came up short.
+        match self.0.tcp.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => {
+                let mut probe = [0u8; 1];
+                matches!(self.0.tcp.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+
+    /// The socket and the bytes already read from it, for a tunnel.
+    pub fn into_parts(self) -> (TcpStream, BytesMut) {
+        let State { tcp, buf, .. } = *self.0;
+        (tcp, buf)
+    }
+}
+
+impl State {
     /// Called when a read or write must wait.
     fn poll_silence(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
         self.silence
@@ -96,28 +140,4 @@ impl Conn {
             .map(|()| io::Error::new(io::ErrorKind::TimedOut, SILENT))
     }
 
-    /// Whether an idle connection can carry another request: the backend
-    /// has neither closed it nor sent anything unasked. Costs no system call
-    /// unless the socket has become readable since it was last read.
-    pub fn is_open(&self) -> bool {
-        if !self.buf.is_empty() {
-            return false;
-        }
-        let mut cx = Context::from_waker(Waker::noop());
-        // Pending unless the backend sent something (its close included)
-        // since the last read came up short.
-        match self.tcp.poll_read_ready(&mut cx) {
-            Poll::Pending => true,
-            Poll::Ready(Err(_)) => false,
-            Poll::Ready(Ok(())) => {
-                let mut probe = [0u8; 1];
-                matches!(self.tcp.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-            }
-        }
-    }
-
-    /// The socket and the bytes already read from it, for a tunnel.
-    pub fn into_parts(self) -> (TcpStream, BytesMut) {
-        (self.tcp, self.buf)
-    }
 }

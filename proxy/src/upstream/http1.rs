@@ -124,12 +124,12 @@ async fn send_body(
 /// (100 Continue, 103 Early Hints) are skipped, as hyper's client does.
 async fn read_head(conn: &mut Conn, method: &Method, upgrade: bool) -> Result<Head, ExchangeError> {
     loop {
-        match parse(&mut conn.buf, method, upgrade)? {
+        match parse(conn.buf(), method, upgrade)? {
             Parsed::Final(head) => return Ok(head),
             Parsed::Interim => continue,
             Parsed::Partial => {}
         }
-        if conn.buf.len() > MAX_HEAD {
+        if conn.buf().len() > MAX_HEAD {
             return Err(ExchangeError::Protocol("response head too large"));
         }
         let n = poll_fn(|cx| conn.poll_fill(cx)).await?;
@@ -137,7 +137,7 @@ async fn read_head(conn: &mut Conn, method: &Method, upgrade: bool) -> Result<He
             // Closed before answering at all: what a keep-alive connection
             // the backend closed while idle looks like (`is_stale`). Closed
             // halfway through a head is a broken answer, never retried.
-            return Err(if conn.buf.is_empty() {
+            return Err(if !conn.has_unread() {
                 ExchangeError::Io(io::ErrorKind::UnexpectedEof.into())
             } else {
                 ExchangeError::Protocol("connection closed inside the response head")
