@@ -287,14 +287,19 @@ impl HeadScan {
         false
     }
 
-    /// Stores the part of a line segment that matching can need. A header
-    /// line whose first byte rules out `content-length`, `transfer-encoding`
-    /// and `upgrade` keeps only that byte, which still makes it non-empty.
+    /// Stores the part of a line segment that matching can need. A line
+    /// whose first byte rules out everything matched (`content-length`,
+    /// `transfer-encoding` and `upgrade`; the preface for a request line)
+    /// keeps only that byte, which still makes it non-empty.
     fn keep(&mut self, seg: &[u8]) {
         if self.len == 0 {
             if let Some(first) = seg.first() {
-                let relevant = !self.request_line_seen
-                    || matches!(first.to_ascii_lowercase(), b'c' | b't' | b'u' | b'\r');
+                // A request line matters only if it is HTTP/2's preface.
+                let relevant = if self.request_line_seen {
+                    matches!(first.to_ascii_lowercase(), b'c' | b't' | b'u' | b'\r')
+                } else {
+                    first.to_ascii_lowercase() == b'p'
+                };
                 self.cap = if relevant { LINE } else { 1 };
             }
         }

@@ -139,5 +139,4 @@ impl State {
             .poll_expired(cx)
             .map(|()| io::Error::new(io::ErrorKind::TimedOut, SILENT))
     }
-
 }
