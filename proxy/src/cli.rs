@@ -95,7 +95,7 @@ pub struct Cli {
     #[arg(long, env = "HANDOFF_UPSTREAM_CONNECT_TIMEOUT", default_value = "5s", value_parser = duration, value_name = "DURATION", help_heading = "Backend and drain")]
     pub upstream_connect_timeout: Duration,
 
-    /// A client must send a complete request head within this time.
+    /// A client must send a complete request head within this time of its first byte (of the accept, for a connection's first request); the wait between keep-alive requests falls under --idle-timeout.
     #[arg(long, env = "HANDOFF_HEADER_TIMEOUT", default_value = "10s", value_parser = duration, value_name = "DURATION", help_heading = "Client limits")]
     pub header_timeout: Duration,
 
