@@ -298,7 +298,7 @@ impl HeadScan {
                 let relevant = if self.request_line_seen {
                     matches!(first.to_ascii_lowercase(), b'c' | b't' | b'u' | b'\r')
                 } else {
-                    first.to_ascii_lowercase() == b'p'
+                    first.eq_ignore_ascii_case(&b'p')
                 };
                 self.cap = if relevant { LINE } else { 1 };
             }

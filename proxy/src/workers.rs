@@ -18,10 +18,22 @@
 //! Control, admin and accept loops stay on the main runtime, so a switch or a
 //! scrape never waits behind request traffic and vice versa.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use tokio::runtime::{Builder, Handle};
 use tokio::sync::oneshot;
+
+thread_local! {
+    static CURRENT: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// Which connection thread the caller runs on; `None` off them. A socket
+/// belongs to the event loop of the thread that registered it, and the
+/// upstream pool uses this to hand each thread its own connections.
+pub fn current() -> Option<usize> {
+    CURRENT.with(Cell::get)
+}
 
 /// The connection threads; dropping this stops them and cancels whatever
 /// still runs on them (callers drain first).
@@ -49,6 +61,7 @@ impl Workers {
                 std::thread::Builder::new()
                     .name(format!("handoff-conn-{i}"))
                     .spawn(move || {
+                        CURRENT.with(|c| c.set(Some(i)));
                         let _ = runtime.block_on(stopped);
                         // Cancel what is left without waiting for it.
                         runtime.shutdown_background();

@@ -523,3 +523,51 @@ async fn after_a_switch_a_pinned_connection_of_the_old_generation_is_closed_and_
         "the new generation's connection is pinned"
     );
 }
+
+/// Idle connections are handed out per connection thread; one that another
+/// thread opened is moved to the taker's event loop (its wake-ups would
+/// otherwise cross threads for as long as it stays pinned) and still
+/// carries requests. With two threads, the proxy's first client connection
+/// runs on one and its second on the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_another_thread_opened_is_reused_after_moving_threads() {
+    let b = Scripted::routes(&[("/", "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")]).await;
+    let p = start_proxy(&b, &["--workers", "2"]).await;
+    // HTTP/2 streams do not pin: the answer's connection goes to the pool
+    // as soon as its body has been read, before the client has it all.
+    let tcp = within("connect", TcpStream::connect(p.http)).await.unwrap();
+    let (mut h2, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get(format!("http://{}/", p.http))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = within("h2c GET /", h2.send_request(req)).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(b.counts().accepts, 1);
+    // The second client connection, on the other thread, gets that one.
+    let mut c = open(&p).await;
+    for _ in 0..3 {
+        let r = get(&mut c, "/").await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.body, "ok");
+    }
+    assert_eq!(
+        b.counts().accepts,
+        1,
+        "the pooled connection was not reused"
+    );
+    assert_eq!(b.counts().requests, 4);
+    assert_eq!(
+        p.log_text()
+            .matches("idle upstream connection moved to this thread")
+            .count(),
+        1,
+        "{}",
+        p.log_text()
+    );
+}

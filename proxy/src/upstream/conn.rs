@@ -39,6 +39,9 @@ struct State {
     /// registering and removing a timer on every request was measurable in
     /// the profile; see `deadline`.
     silence: Silence,
+    /// The connection thread whose event loop the socket is registered
+    /// with (see [`crate::workers::current`]).
+    owner: Option<usize>,
 }
 
 impl Conn {
@@ -47,7 +50,28 @@ impl Conn {
             tcp,
             buf: BytesMut::new(),
             silence: Silence::new(timeout),
+            owner: crate::workers::current(),
         }))
+    }
+
+    /// Whether the socket's readiness comes from this thread's event loop.
+    pub(crate) fn is_local(&self) -> bool {
+        self.0.owner == crate::workers::current()
+    }
+
+    /// Moves the socket to this thread's event loop (two `epoll_ctl`), so
+    /// its wake-ups stop crossing threads; cheaper than a new connection.
+    pub(crate) fn rebind(self) -> io::Result<Conn> {
+        let State {
+            tcp, buf, silence, ..
+        } = *self.0;
+        let tcp = TcpStream::from_std(tcp.into_std()?)?;
+        Ok(Conn(Box::new(State {
+            tcp,
+            buf,
+            silence,
+            owner: crate::workers::current(),
+        })))
     }
 
     /// Read from the backend and not yet consumed.

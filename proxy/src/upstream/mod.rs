@@ -97,14 +97,36 @@ impl Pool {
         Ok((self.connect().await?, false))
     }
 
+    /// The newest usable idle connection of this connection thread's;
+    /// failing that, another thread's, moved to this one. A connection whose
+    /// socket another thread's event loop watches would have that thread
+    /// wake this one for every answer (an `eventfd` write and a scheduling
+    /// round each), for as long as a client connection keeps it pinned.
     fn pop_idle(&self) -> Option<Conn> {
-        let mut idle = self.idle.lock().expect("upstream pool poisoned");
-        while let Some(entry) = idle.pop_back() {
-            if let Some(conn) = self.usable(entry) {
-                return Some(conn);
+        let foreign = {
+            let mut idle = self.idle.lock().expect("upstream pool poisoned");
+            let mut i = idle.len();
+            while i > 0 {
+                i -= 1;
+                if idle[i].conn.is_local() {
+                    let entry = idle.remove(i).expect("index below the length");
+                    if let Some(conn) = self.usable(entry) {
+                        return Some(conn);
+                    }
+                }
+            }
+            std::iter::from_fn(|| idle.pop_back()).find_map(|entry| self.usable(entry))
+        }?;
+        match foreign.rebind() {
+            Ok(conn) => {
+                tracing::debug!(backend = %self.addr, "idle upstream connection moved to this thread");
+                Some(conn)
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "pooled upstream connection unusable");
+                None
             }
         }
-        None
     }
 
     /// The connection of `entry` if it may carry another request: still
