@@ -70,6 +70,8 @@ enum Cmd {
     },
     /// Redraws the switch-vs-seed chart from the latest JSON results.
     Chart,
+    /// Prints the steady tables again from the latest JSON results.
+    Report,
 }
 
 fn main() -> Result<()> {
@@ -132,6 +134,11 @@ async fn dispatch(common: &Common, cmd: Cmd) -> Result<()> {
             Ok(())
         }
         Cmd::Chart => draw_chart(common),
+        Cmd::Report => {
+            let r: steady::SteadyReport = report::read_json(&common.out, "steady")?;
+            println!("{}", steady::markdown(&r));
+            Ok(())
+        }
     }
 }
 

@@ -4,6 +4,7 @@ pub mod cutover;
 pub mod deploy;
 pub mod seed;
 pub mod steady;
+mod steady_report;
 pub mod switch;
 
 use anyhow::{anyhow, Result};

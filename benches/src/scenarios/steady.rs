@@ -5,12 +5,14 @@
 use super::{blocking, unavailable, Common};
 use crate::loadgen::{self, LoadSpec, Mode, Stream};
 use crate::procs::{cpu_ms_tree, find_tool, Backend};
-use crate::report::{self, ms, table, Machine};
+use crate::report::{ms, Machine};
 use crate::servers::{missing_nginx, HandoffProxy, Haproxy, MinProxy, Nginx};
 use crate::stats::{self, summarize, Bucket, Summary};
 use crate::wrk::{self, WrkFigures};
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
+
+pub use super::steady_report::markdown;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -320,133 +322,11 @@ async fn measure_all(
     }
 }
 
-fn median(values: impl Iterator<Item = f64>) -> f64 {
+pub(super) fn median(values: impl Iterator<Item = f64>) -> f64 {
     let mut v: Vec<f64> = values.collect();
     if v.is_empty() {
         return 0.0;
     }
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
-}
-
-pub fn markdown(r: &SteadyReport) -> String {
-    let mut out = format!(
-        "### steady ({:.0} s per run)\n\n{}\n\n",
-        r.duration_s,
-        r.machine.markdown()
-    );
-    // One line per (mode, conns, target): the round with the median ratio.
-    let mut keys: Vec<(String, usize, String)> = Vec::new();
-    for row in &r.rows {
-        let key = (row.mode.clone(), row.conns, row.target.clone());
-        if !keys.contains(&key) {
-            keys.push(key);
-        }
-    }
-    let mut cells = Vec::new();
-    for (mode, conns, target) in keys {
-        let mut group: Vec<&Row> = r
-            .rows
-            .iter()
-            .filter(|x| x.mode == mode && x.conns == conns && x.target == target)
-            .collect();
-        group.sort_by(|a, b| a.ratio.unwrap_or(0.0).total_cmp(&b.ratio.unwrap_or(0.0)));
-        let row = group[group.len() / 2];
-        let ratios = if group.len() > 1 {
-            format!(
-                " ({})",
-                group
-                    .iter()
-                    .map(|g| format!("{:.2}", g.ratio.unwrap_or(0.0)))
-                    .collect::<Vec<_>>()
-                    .join("/")
-            )
-        } else {
-            String::new()
-        };
-        let s = &row.summary;
-        cells.push(vec![
-            target,
-            conns.to_string(),
-            mode,
-            format!("{:.0}", s.rps),
-            row.ratio
-                .map(|x| format!("{x:.2}{ratios}"))
-                .unwrap_or_else(|| "-".into()),
-            ms(s.p50_ms),
-            ms(s.p99_ms),
-            ms(s.p999_ms),
-            report::errors(&s.errors),
-            row.rss_kb
-                .map(|k| format!("{:.1}", k as f64 / 1024.0))
-                .unwrap_or_else(|| "-".into()),
-            format!(
-                "{} / {:.1} / {:.1}",
-                row.proxy_cpu_us
-                    .map(|c| format!("{c:.1}"))
-                    .unwrap_or_else(|| "-".into()),
-                row.backend_cpu_us,
-                row.loadgen_cpu_us
-            ),
-        ]);
-    }
-    out += &table(
-        &[
-            "target",
-            "c",
-            "load",
-            "req/s",
-            "ratio to direct",
-            "p50 ms",
-            "p99 ms",
-            "p99.9 ms",
-            "errors",
-            "RSS MiB",
-            "CPU µs/req proxy / backend / loadgen",
-        ],
-        &cells,
-    );
-    if !r.wrk.is_empty() {
-        out += "\ncross-check against wrk (-t2, same duration):\n\n";
-        let rows: Vec<Vec<String>> = r
-            .wrk
-            .iter()
-            .map(|w| {
-                vec![
-                    w.target.clone(),
-                    w.conns.to_string(),
-                    format!("{:.0}", w.harness.rps),
-                    format!("{:.0}", w.wrk.rps),
-                    format!(
-                        "{:.2}",
-                        if w.wrk.rps > 0.0 {
-                            w.harness.rps / w.wrk.rps
-                        } else {
-                            0.0
-                        }
-                    ),
-                    format!("{} / {}", ms(w.harness.p50_ms), ms(w.harness.p99_ms)),
-                    format!("{} / {}", ms(w.wrk.p50_ms), ms(w.wrk.p99_ms)),
-                    w.wrk.errors.to_string(),
-                ]
-            })
-            .collect();
-        out += &table(
-            &[
-                "target",
-                "c",
-                "harness req/s",
-                "wrk req/s",
-                "harness/wrk",
-                "harness p50/p99 ms",
-                "wrk p50/p99 ms",
-                "wrk errors",
-            ],
-            &rows,
-        );
-    }
-    for m in &r.missing {
-        out += &format!("\nmissing: {m}\n");
-    }
-    out
 }
