@@ -14,6 +14,7 @@ pub mod control;
 pub mod deadline;
 pub mod drain;
 pub mod forward;
+pub mod head_scan;
 pub mod headers;
 pub mod histogram;
 pub mod limits;

@@ -133,7 +133,7 @@ impl Conn {
     /// has neither closed it nor sent anything unasked. Costs no system call
     /// unless the socket has become readable since it was last read.
     pub fn is_open(&self) -> bool {
-        if !self.0.buf.is_empty() {
+        if self.has_unread() {
             return false;
         }
         let mut cx = Context::from_waker(Waker::noop());
