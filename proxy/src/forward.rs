@@ -8,11 +8,10 @@ use crate::metrics::{Metrics, UpstreamError};
 use crate::observe::Exchange;
 use crate::router::Router;
 use crate::upstream::decode::Decoder;
-use crate::upstream::encode::{self, Forwarding};
+use crate::upstream::encode::{self, BodyFraming, Forwarding};
 use crate::upstream::http1::{self, ExchangeError, Head};
 use crate::upstream::{self, Conn, ConnectError, Pinned};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
-use http_body::Body;
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -39,6 +38,8 @@ impl ClientConn {
 pub struct Forwarder {
     pub router: Arc<Router>,
     pub metrics: &'static Metrics,
+    /// This process's name in `Via`; a request already carrying it looped.
+    pub via: String,
 }
 
 impl Forwarder {
@@ -68,22 +69,30 @@ impl Forwarder {
         exchange: &mut Exchange,
         pinned: Option<&Arc<Pinned>>,
     ) -> Response<ProxyBody> {
+        if headers::via_names(req.headers(), &self.via) {
+            // The request came back through a backend that is this proxy,
+            // or that forwards to it: forwarding again would loop.
+            return local(StatusCode::LOOP_DETECTED, "request loop detected\n");
+        }
         let Some(in_flight) = self.router.acquire() else {
             return local(StatusCode::SERVICE_UNAVAILABLE, "no backend configured\n");
         };
         let generation = in_flight.generation();
         exchange.backend = Some((generation.addr.clone(), generation.id));
         let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
-        let has_body = !req.body().is_end_stream();
-        let (wire, chunked) = encode::request_head(
+        let framing = BodyFraming::of(req.body());
+        let has_body = framing != BodyFraming::Empty;
+        let chunked = framing == BodyFraming::Chunked;
+        let wire = encode::request_head(
             req,
             &Forwarding {
                 client: &client.forwarded_for,
                 proto,
                 fallback_host: generation.addr.as_str(),
+                via: &self.via,
             },
             upgrade,
-            has_body,
+            framing,
         );
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut *req));
 

@@ -4,8 +4,10 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use std::net::IpAddr;
 
 /// Headers that describe one hop's connection and must not be forwarded.
+/// `HTTP2-Settings` belongs to an `Upgrade: h2c` (RFC 7540 §3.2.1), which
+/// the proxy never forwards.
 // A `static`, not a `const`: a const array is built and dropped at every use.
-static HOP_BY_HOP: [HeaderName; 8] = [
+static HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -14,11 +16,42 @@ static HOP_BY_HOP: [HeaderName; 8] = [
     header::TE,
     header::TRAILER,
     header::TRANSFER_ENCODING,
+    HeaderName::from_static("http2-settings"),
 ];
 
-/// Whether the request asks to switch protocols (WebSocket and the like).
+/// The protocols a client may switch to through the proxy. Only WebSocket:
+/// an `h2c` tunnel would carry requests the proxy never sees (no logging,
+/// no in-flight count, no `X-Forwarded-For`), and other protocols have no
+/// user yet.
+const TUNNELLED: &[&str] = &["websocket"];
+
+/// Whether the request asks to switch to a protocol the proxy tunnels
+/// (WebSocket). Any other `Upgrade` (`h2c` above all) is not an upgrade:
+/// the field is dropped and the request is forwarded as an ordinary one.
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE) && connection_lists(headers, "upgrade")
+    let mut offers = headers.get_all(header::UPGRADE).iter().peekable();
+    offers.peek().is_some()
+        && offers.all(|v| {
+            v.to_str().is_ok_and(|v| {
+                v.split(',').map(str::trim).all(|p| {
+                    let name = p.split('/').next().unwrap_or_default();
+                    TUNNELLED.iter().any(|t| name.eq_ignore_ascii_case(t))
+                })
+            })
+        })
+        && connection_lists(headers, "upgrade")
+}
+
+/// Fields whose meaning the proxy decides itself, so `Connection` cannot
+/// remove them: the message's framing (`Content-Length`,
+/// `Transfer-Encoding`), `Host`, and the proxy's own `X-Forwarded-*`. A
+/// client listing `Content-Length` in `Connection` must never make the
+/// forwarded body a second request (issue 12.1).
+pub fn is_protected(name: &HeaderName) -> bool {
+    *name == header::CONTENT_LENGTH
+        || *name == header::TRANSFER_ENCODING
+        || *name == header::HOST
+        || is_forwarding(name)
 }
 
 pub fn connection_lists(headers: &HeaderMap, token: &str) -> bool {
@@ -61,13 +94,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         return;
     }
     if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = connection_tokens(headers)
-            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-            .collect();
-        for name in named {
-            if !(upgrade && name == header::UPGRADE) {
-                headers.remove(name);
-            }
+        for name in connection_named(headers, upgrade) {
+            headers.remove(name);
         }
     }
     for name in &HOP_BY_HOP {
@@ -97,13 +125,34 @@ pub fn is_forwarding(name: &HeaderName) -> bool {
     *name == X_FORWARDED_FOR || *name == X_FORWARDED_PROTO || *name == X_FORWARDED_HOST
 }
 
-/// The fields `Connection` names as hop-by-hop for this message; for an
-/// upgrade, `Upgrade` is not among them.
+/// The fields `Connection` names as hop-by-hop for this message, less the
+/// ones it may not remove ([`is_protected`]); for an upgrade, `Upgrade` is
+/// not among them.
 pub fn connection_named(headers: &HeaderMap, upgrade: bool) -> Vec<HeaderName> {
     connection_tokens(headers)
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        .filter(|n| !(upgrade && *n == header::UPGRADE))
+        .filter(|n| !(upgrade && *n == header::UPGRADE) && !is_protected(n))
         .collect()
+}
+
+/// This proxy's name in `Via` (RFC 9110 §7.6.3): a pseudonym made once per
+/// process, so a request that comes back carrying it went around a loop
+/// (the backend is the proxy itself, or forwards to it).
+pub fn via_pseudonym() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    format!("handoff-{:08x}", h.finish() as u32)
+}
+
+/// Whether any `Via` entry of the request names `pseudonym`.
+pub fn via_names(headers: &HeaderMap, pseudonym: &str) -> bool {
+    headers
+        .get_all(header::VIA)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|entry| entry.split_whitespace().nth(1) == Some(pseudonym))
 }
 
 #[cfg(test)]
@@ -160,6 +209,56 @@ mod tests {
         let mut h = map(&[("host", "a"), ("upgrade", "h2c")]);
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1, "a stray Upgrade without Connection is dropped");
+    }
+
+    #[test]
+    fn connection_cannot_remove_framing_host_or_forwarding_fields() {
+        let mut h = map(&[
+            (
+                "connection",
+                "content-length, Transfer-Encoding, host, x-forwarded-for, x-app",
+            ),
+            ("content-length", "5"),
+            ("host", "a"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-app", "gone"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h["content-length"], "5");
+        assert_eq!(h["host"], "a");
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1");
+        assert!(!h.contains_key("x-app"));
+    }
+
+    #[test]
+    fn only_websocket_is_an_upgrade() {
+        for (upgrade, yes) in [
+            ("websocket", true),
+            ("WebSocket", true),
+            ("websocket/13", true),
+            ("h2c", false),
+            ("websocket, h2c", false),
+            ("TLS/1.2", false),
+        ] {
+            let h = map(&[("connection", "Upgrade"), ("upgrade", upgrade)]);
+            assert_eq!(is_upgrade(&h), yes, "{upgrade}");
+        }
+        let h = map(&[("upgrade", "websocket")]);
+        assert!(!is_upgrade(&h), "Connection must list upgrade");
+    }
+
+    #[test]
+    fn via_finds_the_pseudonym_in_any_entry() {
+        let me = via_pseudonym();
+        assert!(me.starts_with("handoff-"));
+        let mine = format!("2 {me}");
+        let h = map(&[
+            ("via", "1.0 fred, 1.1 p.example.net"),
+            ("via", mine.as_str()),
+        ]);
+        assert!(via_names(&h, &me));
+        let h = map(&[("via", "1.1 handoff-other")]);
+        assert!(!via_names(&h, &me));
     }
 
     #[test]

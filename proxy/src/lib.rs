@@ -128,6 +128,7 @@ pub async fn run(
     let forwarder = Arc::new(forward::Forwarder {
         router: Arc::clone(&router),
         metrics,
+        via: headers::via_pseudonym(),
     });
     let workers = Arc::new(workers::Workers::start(config.workers).map_err(ProxyError::Workers)?);
     let (graceful, accept_tasks) = listener::start(
