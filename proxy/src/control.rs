@@ -22,7 +22,8 @@ use tokio::net::{UnixListener, UnixStream};
 
 /// Control request bodies are tiny; anything larger is refused unread.
 pub const MAX_BODY: usize = 64 * 1024;
-/// A control client that sends nothing for this long is cut off.
+/// A control client that sends nothing for this long is cut off, and a
+/// request body must arrive whole within it.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
@@ -237,7 +238,15 @@ impl Control {
             Ok(t) => t.unwrap_or(self.default_drain_timeout),
             Err(e) => return error(StatusCode::BAD_REQUEST, e),
         };
-        let plan = match switch::plan(&req.addr).await {
+        let own: Vec<std::net::SocketAddr> = [
+            &self.listeners.http,
+            &self.listeners.https,
+            &self.listeners.admin,
+        ]
+        .into_iter()
+        .filter_map(|l| l.as_deref()?.parse().ok())
+        .collect();
+        let plan = match switch::plan(&req.addr, &own).await {
             Ok(plan) => plan,
             Err(e) => return error(e.status(), e.to_string()),
         };
@@ -281,10 +290,35 @@ impl Control {
 }
 
 /// Reads a bounded JSON body; every failure is a 4xx the caller can act on.
+/// The body must say it is JSON (a form post from `curl -d` without the
+/// header is refused, not guessed at), and must arrive within
+/// [`IDLE_TIMEOUT`]: a client that stalls mid-body is cut, not held.
 async fn read_json<T: serde::de::DeserializeOwned>(
     req: Request<Incoming>,
 ) -> Result<T, Response<ProxyBody>> {
-    let bytes: Bytes = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+    let json_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"));
+    if !json_type {
+        return Err(error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "the body must be JSON: send Content-Type: application/json",
+        ));
+    }
+    let body = Limited::new(req.into_body(), MAX_BODY).collect();
+    let Ok(collected) = tokio::time::timeout(IDLE_TIMEOUT, body).await else {
+        let mut resp = error(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("the request body did not arrive within {IDLE_TIMEOUT:?}"),
+        );
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return Err(resp);
+    };
+    let bytes: Bytes = match collected {
         Ok(c) => c.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             return Err(error(
@@ -315,13 +349,20 @@ fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<ProxyBody> {
     resp
 }
 
+/// A JSON error. Messages that quote input (a serde error quotes the
+/// value it choked on) are capped, so a huge input is never echoed back.
 fn error(status: StatusCode, message: impl Into<String>) -> Response<ProxyBody> {
-    json(
-        status,
-        &ErrorBody {
-            error: message.into(),
-        },
-    )
+    let message = message.into();
+    let error = if message.chars().count() > 2 * handoff_shared::QUOTE_LIMIT {
+        let cut: String = message
+            .chars()
+            .take(2 * handoff_shared::QUOTE_LIMIT)
+            .collect();
+        format!("{cut}…")
+    } else {
+        message
+    };
+    json(status, &ErrorBody { error })
 }
 
 fn method_not_allowed(allow: &'static str) -> Response<ProxyBody> {

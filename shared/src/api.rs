@@ -74,7 +74,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// Checks that `addr` is `HOST:PORT` with a non-empty host and a non-zero
 /// port. Returns the host and port so callers need not split twice.
 pub fn parse_backend_addr(addr: &str) -> Result<(String, u16), String> {
-    let bad = |why: &str| format!("invalid backend address {addr:?}: {why}");
+    let bad = |why: &str| format!("invalid backend address {:?}: {why}", clip(addr));
     let (host, port) = addr
         .rsplit_once(':')
         .ok_or_else(|| bad("expected HOST:PORT"))?;
@@ -104,9 +104,36 @@ pub fn parse_backend_addr(addr: &str) -> Result<(String, u16), String> {
     Ok((host.to_string(), port))
 }
 
+/// The most characters of a caller's input an error message quotes.
+pub const QUOTE_LIMIT: usize = 200;
+
+/// `input` as an error message may quote it: at most [`QUOTE_LIMIT`]
+/// characters, then an ellipsis and how many were left out. A 60 000
+/// character address is not worth echoing back whole.
+pub fn clip(input: &str) -> String {
+    match input.char_indices().nth(QUOTE_LIMIT) {
+        None => input.to_string(),
+        Some((at, _)) => format!(
+            "{}… ({} more characters)",
+            &input[..at],
+            input[at..].chars().count()
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_input_is_clipped_when_quoted() {
+        assert_eq!(clip("short"), "short");
+        let long = "a".repeat(60_000);
+        let shown = clip(&long);
+        assert!(shown.len() < 260, "{}", shown.len());
+        assert!(shown.ends_with("(59800 more characters)"));
+        assert!(parse_backend_addr(&format!("{long}:x")).unwrap_err().len() < 300);
+    }
 
     #[test]
     fn backend_addresses() {

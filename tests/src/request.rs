@@ -93,12 +93,16 @@ pub async fn control(
     path: &str,
     body: impl Into<Bytes>,
 ) -> Result<Reply, String> {
-    let req = Request::builder()
+    let body = body.into();
+    let mut req = Request::builder()
         .method(method)
         .uri(path)
-        .header("host", "localhost")
-        .body(Full::new(body.into()))
-        .unwrap();
+        .header("host", "localhost");
+    // As the typed client does: a body is JSON.
+    if !body.is_empty() {
+        req = req.header("content-type", "application/json");
+    }
+    let req = req.body(Full::new(body)).unwrap();
     let run = async {
         let stream = tokio::net::UnixStream::connect(socket)
             .await
