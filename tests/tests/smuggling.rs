@@ -10,7 +10,7 @@
 
 use handoff_tests::proxy::Proxy;
 use handoff_tests::request;
-use handoff_tests::scripted::{find, within, Reply, Scripted};
+use handoff_tests::scripted::{find, raw, start_proxy, within, Reply, Scripted, OK};
 use handoff_tests::tls::{self, TestCa};
 use handoff_tests::TempDir;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -356,4 +356,43 @@ async fn connection_never_changes_the_framing_over_tls() {
         })
         .await;
     assert_backend_saw_exactly(&b, &sent, proxy_counted(&p).await);
+}
+
+/// Issue 12.4: an `h2c` tunnel would carry requests the proxy never logs,
+/// counts or marks with `X-Forwarded-For`. Only WebSocket upgrades tunnel;
+/// any other `Upgrade` is dropped with `HTTP2-Settings`, and the request is
+/// answered as an ordinary one.
+#[tokio::test]
+async fn an_h2c_upgrade_is_forwarded_as_a_plain_request_never_a_tunnel() {
+    let b = Scripted::start(|req| {
+        if req.one("upgrade").is_some() {
+            Reply::Tunnel(
+                b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+                    .to_vec(),
+            )
+        } else {
+            Reply::Send(OK.as_bytes().to_vec())
+        }
+    })
+    .await;
+    let p = start_proxy(&b, &[]).await;
+    for upgrade in ["h2c", "websocket, h2c", "H2C"] {
+        let out = raw(
+            &p,
+            format!(
+                "GET /h2c HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings, close\r\n\
+                 Upgrade: {upgrade}\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await;
+        assert!(out.starts_with("HTTP/1.1 200 OK"), "{upgrade}: {out}");
+        assert!(out.ends_with("ok"), "{upgrade}: {out}");
+    }
+    for seen in b.seen() {
+        assert_eq!(seen.one("upgrade"), None, "{seen:?}");
+        assert_eq!(seen.one("http2-settings"), None, "{seen:?}");
+        assert_eq!(seen.one("connection"), None, "{seen:?}");
+    }
+    assert_eq!(b.seen().len(), 3);
 }
