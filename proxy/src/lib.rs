@@ -21,6 +21,7 @@ pub mod limits;
 pub mod listener;
 pub mod metrics;
 pub mod observe;
+pub mod preface;
 pub mod router;
 pub mod state;
 pub mod switch;

@@ -299,6 +299,18 @@ pub async fn serve(
                 None => serve_connection(stream, peer, scheme, front, &accept, watcher).await,
                 Some(tls) => {
                     match tokio::time::timeout(accept.handshake_timeout, tls.accept(stream)).await {
+                        Ok(Ok(stream)) if stream.get_ref().1.alpn_protocol() == Some(b"h2") => {
+                            accept.metrics.tls_handshake(true);
+                            match crate::preface::expect_h2(stream, accept.header_timeout).await {
+                                Ok(io) => {
+                                    serve_connection(io, peer, scheme, front, &accept, watcher)
+                                        .await
+                                }
+                                Err(e) => {
+                                    tracing::debug!(error = %e, %peer, "h2 connection refused")
+                                }
+                            }
+                        }
                         Ok(Ok(stream)) => {
                             accept.metrics.tls_handshake(true);
                             serve_connection(stream, peer, scheme, front, &accept, watcher).await

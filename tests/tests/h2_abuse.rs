@@ -297,3 +297,47 @@ async fn continuation_flood_is_cut_with_bounded_memory() {
         rss.peak_mib()
     );
 }
+
+/// Issue 12.6: once ALPN chose `h2`, bytes that are not the connection
+/// preface are a connection error of type PROTOCOL_ERROR (RFC 9113 §3.4):
+/// the answer is SETTINGS then GOAWAY(PROTOCOL_ERROR), never a plaintext
+/// `HTTP/1.1 400`. A real h2 client on the same listener is still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_preface_after_alpn_h2_gets_goaway_protocol_error() {
+    use handoff_tests::tls::{self, TestCa};
+    let b = Backend::start("b1").await;
+    let dir = handoff_tests::TempDir::new("h2-preface");
+    let ca = TestCa::new();
+    let (p, _) = tls::start_proxy(&dir, &ca, &b, &[("a", &["a.test"])], &[]).await;
+    let addr = p.https.expect("https listener");
+    let h2 = ca.client(&[b"h2"]);
+    let mut s = tls::connect(&h2, addr, "a.test").await.unwrap();
+    assert_eq!(tls::session(&s).1.as_deref(), Some(&b"h2"[..]));
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("the proxy neither answered nor closed")
+        .ok();
+    assert!(
+        !out.starts_with(b"HTTP/1.1"),
+        "{:?}",
+        String::from_utf8_lossy(&out)
+    );
+    // SETTINGS (9-byte header, no parameters), then GOAWAY with error code 1.
+    assert!(out.len() >= 9 + 17, "{out:?}");
+    assert_eq!(out[3], SETTINGS, "{out:?}");
+    let goaway = &out[9..];
+    assert_eq!(goaway[3], GOAWAY, "{out:?}");
+    assert_eq!(
+        &goaway[13..17],
+        &1u32.to_be_bytes(),
+        "not PROTOCOL_ERROR: {out:?}"
+    );
+
+    let reply = tls::get(&h2, addr, "a.test", "/").await;
+    assert_eq!((reply.status, reply.body.as_str()), (StatusCode::OK, "b1"));
+    assert_eq!(reply.headers["x-test-version"], "HTTP/2.0");
+}
