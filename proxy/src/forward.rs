@@ -112,10 +112,17 @@ impl Forwarder {
                 tracing::warn!(backend = %generation.addr, error = %e, "upstream failed");
                 return local(StatusCode::BAD_GATEWAY, "upstream unavailable\n");
             }
-            // The client's body, not the backend, failed the exchange.
+            // The client's body, not the backend, failed the exchange. What
+            // is left of it on the connection cannot be trusted to frame a
+            // next request, so the connection closes after this answer.
             Err(SendError::Exchange(ExchangeError::Body(e))) => {
                 let r = crate::limits::body_fault(&e).unwrap_or_else(crate::limits::too_large);
-                return local(r.status, r.reason);
+                let mut resp = local(r.status, r.reason);
+                if req.version() <= Version::HTTP_11 {
+                    resp.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                return resp;
             }
             Err(SendError::Exchange(e)) => {
                 if upstream::is_response_timeout(&e) {

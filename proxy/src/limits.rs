@@ -198,6 +198,13 @@ pub enum BodyError {
     TooLarge(u64),
     #[error("reading the request body: {0}")]
     Client(#[from] hyper::Error),
+    /// hyper read bytes after the last chunk as a trailer section and found
+    /// no field in them: the body ended in a bare LF (`0\r\n\n`), and
+    /// whatever followed, a pipelined request, was taken in as trailers.
+    /// Refused, and the connection closed, rather than that request dropped
+    /// without a word (issue 12.6).
+    #[error("the chunked body's end is malformed (a bare LF after the last chunk)")]
+    MalformedEnd,
 }
 
 /// The client's request body on its way upstream, cut off with an error once
@@ -264,6 +271,10 @@ impl Body for RequestBody {
             return Poll::Ready(None);
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) if frame.trailers_ref().is_some_and(|t| t.is_empty()) => {
+                this.done = true;
+                Poll::Ready(Some(Err(BodyError::MalformedEnd)))
+            }
             Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(this.count(&frame).map(|()| frame))),
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
             Poll::Ready(None) => {
@@ -294,7 +305,7 @@ pub fn body_fault(e: &(dyn std::error::Error + 'static)) -> Option<Rejection> {
     while let Some(err) = cur {
         match err.downcast_ref::<BodyError>() {
             Some(BodyError::TooLarge(_)) => return Some(too_large()),
-            Some(BodyError::Client(_)) => {
+            Some(BodyError::Client(_) | BodyError::MalformedEnd) => {
                 return Some(bad("malformed or incomplete request body\n"))
             }
             None => cur = err.source(),

@@ -171,7 +171,7 @@ impl Front {
         let rejection = match peek.await {
             Ok(Ok(())) => return Ok(()),
             Ok(Err(BodyError::TooLarge(_))) => limits::too_large(),
-            Ok(Err(BodyError::Client(_))) => Rejection {
+            Ok(Err(BodyError::Client(_) | BodyError::MalformedEnd)) => Rejection {
                 status: StatusCode::BAD_REQUEST,
                 reason: "malformed chunked body\n",
             },

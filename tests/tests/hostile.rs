@@ -130,6 +130,48 @@ async fn a_request_pipelined_behind_a_smuggling_probe_is_not_served() {
     assert_eq!(b.requests(), 0);
 }
 
+/// Issue 12.6: a chunked body that ends `0\r\n\n` made hyper read the
+/// pipelined request behind it as a trailer section, and that request was
+/// dropped without an answer. Now the body is refused with 400 and the
+/// connection closed, so the client learns its request was not served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_behind_a_bare_lf_chunked_end_is_never_dropped_silently() {
+    let b = Backend::start("b1").await;
+    let p = proxy_for(&b, &[]).await;
+    let response = tokio::time::timeout(
+        Duration::from_secs(20),
+        raw(
+            p.http,
+            b"POST /a HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n\
+              3\r\nabc\r\n0\r\n\nGET /b HTTP/1.1\r\nHost: a.test\r\n\r\n",
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        status_line(&response),
+        "HTTP/1.1 400 Bad Request",
+        "{response}"
+    );
+    assert!(
+        response.to_ascii_lowercase().contains("connection: close"),
+        "{response}"
+    );
+    assert_eq!(
+        response.matches("HTTP/1.1 ").count(),
+        1,
+        "one answer, then the close: {response}"
+    );
+    // Well-formed trailers still pass.
+    let ok = raw(
+        p.http,
+        b"POST /a HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+          3\r\nabc\r\n0\r\nx-check: 1\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_line(&ok), "HTTP/1.1 200 OK", "{ok}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_heads_are_431_and_a_chunked_body_over_the_limit_is_413() {
     let b = Backend::start("b1").await;
