@@ -131,7 +131,7 @@ pub fn is_forwarding(name: &HeaderName) -> bool {
 pub fn connection_named(headers: &HeaderMap, upgrade: bool) -> Vec<HeaderName> {
     connection_tokens(headers)
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        .filter(|n| !(upgrade && *n == header::UPGRADE) && !is_protected(n))
+        .filter(|n| !(is_protected(n) || upgrade && *n == header::UPGRADE))
         .collect()
 }
 

@@ -5,7 +5,6 @@
 use handoff_tests::backend::Backend;
 use handoff_tests::proxy::Proxy;
 use handoff_tests::request::get;
-use http::StatusCode;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
