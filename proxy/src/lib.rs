@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod observe;
 pub mod preface;
 pub mod router;
+pub mod routes;
 pub mod state;
 pub mod switch;
 pub mod tls;
