@@ -54,7 +54,7 @@ impl UpstreamBody {
         }
     }
 
-    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Frame<Bytes>>>> {
         loop {
             let Some(conn) = self.conn.as_mut() else {
                 return Poll::Ready(None);
@@ -64,7 +64,11 @@ impl UpstreamBody {
                     if self.decoder.is_done() {
                         self.complete();
                     }
-                    return Poll::Ready(Some(Ok(data)));
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Ok(Step::Trailers(trailers)) => {
+                    self.complete();
+                    return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
                 }
                 Ok(Step::End) => {
                     self.complete();
@@ -158,11 +162,12 @@ impl Body for ProxyBody {
         match self.get_mut() {
             ProxyBody::Upstream(body) => {
                 let polled = body.poll_next(cx);
-                if let (Poll::Ready(Some(Ok(data))), Some(exchange)) = (&polled, &mut body.exchange)
+                if let (Poll::Ready(Some(Ok(frame))), Some(exchange)) =
+                    (&polled, &mut body.exchange)
                 {
-                    exchange.bytes += data.len() as u64;
+                    exchange.bytes += frame.data_ref().map_or(0, |d| d.len() as u64);
                 }
-                polled.map(|o| o.map(|r| r.map(Frame::data)))
+                polled
             }
             ProxyBody::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
         }

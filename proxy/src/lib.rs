@@ -25,6 +25,7 @@ pub mod router;
 pub mod state;
 pub mod switch;
 pub mod tls;
+pub mod trailers;
 pub mod upstream;
 pub mod wire;
 pub mod workers;
