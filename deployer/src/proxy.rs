@@ -37,6 +37,7 @@ impl Proxy {
         let req = SetBackend {
             addr: addr.to_string(),
             drain_timeout: Some(humantime::format_duration(drain).to_string()),
+            protocol: Default::default(),
         };
         match self.client.set_backend(&req).await {
             Ok(resp) => Ok(SwitchOutcome::Switched(resp)),

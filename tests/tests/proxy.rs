@@ -11,6 +11,7 @@ fn switch_to(addr: &str) -> SetBackend {
     SetBackend {
         addr: addr.to_string(),
         drain_timeout: None,
+        protocol: Default::default(),
     }
 }
 
@@ -185,6 +186,7 @@ async fn drain_timeout_returns_undrained() {
     let req = SetBackend {
         addr: b2.addr_string(),
         drain_timeout: Some("1s".into()),
+        protocol: Default::default(),
     };
     let r = p.client().set_backend(&req).await.unwrap();
     assert!(!r.drained, "{r:?}");
