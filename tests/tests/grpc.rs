@@ -451,11 +451,28 @@ async fn grpc_over_tls_with_alpn_h2_and_plain_http11_reach_an_h2c_backend() {
     assert_eq!(b.last_headers()["x-forwarded-proto"], "https");
 
     // An HTTP/1.1 client reaches the h2c backend too (here: gRPC's
-    // "unimplemented" answer to a path that is no method).
-    let r = request::get(p.http, "/plain").await;
+    // "unimplemented" answer to a path that is no method), its hop-by-hop
+    // fields left behind as on the HTTP/1.1 path.
+    let req = http::Request::get("/plain")
+        .header("host", "app.test")
+        .header("connection", "keep-alive, x-secret")
+        .header("x-secret", "1")
+        .header("keep-alive", "timeout=5")
+        .header("te", "gzip, trailers")
+        .header("x-forwarded-for", "10.0.0.1")
+        .body(http_body_util::Full::default())
+        .unwrap();
+    let r = request::send(p.http, req).await;
     assert_eq!(r.status, http::StatusCode::OK);
     assert_eq!(r.headers["grpc-status"], "12");
     assert_eq!(b.calls(), 2);
+    let h = b.last_headers();
+    for gone in ["connection", "x-secret", "keep-alive", "host"] {
+        assert!(!h.contains_key(gone), "{gone} reached the backend: {h:?}");
+    }
+    assert_eq!(h["te"], "trailers");
+    assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
