@@ -75,11 +75,15 @@ pub fn request_head<B>(
         }
         line(&mut out, name.as_str().as_bytes(), value.as_bytes());
     }
+    // A sender of TE names it in Connection too (RFC 9110 §10.1.4).
     if te_trailers {
         out.extend_from_slice(b"te: trailers\r\n");
     }
-    if upgrade {
-        out.extend_from_slice(b"connection: upgrade\r\n");
+    match (upgrade, te_trailers) {
+        (true, false) => out.extend_from_slice(b"connection: upgrade\r\n"),
+        (true, true) => out.extend_from_slice(b"connection: upgrade, te\r\n"),
+        (false, true) => out.extend_from_slice(b"connection: te\r\n"),
+        (false, false) => {}
     }
 
     // Appended to what earlier proxies said, in order.
@@ -156,7 +160,7 @@ mod tests {
         assert_eq!(
             wire(req, false),
             "POST /a?b=1 HTTP/1.1\r\nhost: example.test\r\nx-app: kept\r\nte: trailers\r\n\
-             x-forwarded-for: 10.0.0.1, 10.0.0.2, 192.0.2.7\r\nx-forwarded-proto: https\r\n\
+             connection: te\r\nx-forwarded-for: 10.0.0.1, 10.0.0.2, 192.0.2.7\r\nx-forwarded-proto: https\r\n\
              x-forwarded-host: example.test\r\ncontent-length: 0\r\n\r\n"
         );
     }
