@@ -42,7 +42,9 @@ async fn forwards_with_proxy_headers_and_streams_bodies() {
     assert_eq!(seen["x-forwarded-proto"], "http");
     assert_eq!(seen["x-forwarded-host"], "shop.example");
     assert_eq!(seen["x-app"], "kept");
-    for hop in ["x-hop", "keep-alive", "te", "proxy-connection"] {
+    // `TE: trailers` is the one hop-by-hop offer passed on (issue 12.5).
+    assert_eq!(seen["te"], "trailers");
+    for hop in ["x-hop", "keep-alive", "proxy-connection"] {
         assert!(
             seen.get(hop).is_none(),
             "hop-by-hop header {hop} was forwarded: {seen}"
