@@ -98,6 +98,9 @@ pub struct SwitchArgs {
     /// Wait for another deploy of the same app to finish instead of failing
     #[arg(long, env = "HANDOFF_WAIT_LOCK")]
     pub wait_lock: bool,
+    /// What the app speaks to the proxy: http1, or h2c (HTTP/2 cleartext, e.g. a gRPC server). Default: what the live backend speaks (http1 on a first deploy)
+    #[arg(long, env = "HANDOFF_BACKEND_PROTOCOL", value_name = "PROTOCOL")]
+    pub backend_protocol: Option<handoff_shared::BackendProtocol>,
 }
 
 #[derive(Debug, Args)]

@@ -265,7 +265,11 @@ impl Cutover<'_> {
     /// as the slowest old request; meanwhile, show what is still in flight
     /// so a long drain does not look like a hang.
     async fn switch_showing_drain(&self, addr: &str) -> Result<SwitchOutcome> {
-        let switch = self.proxy.switch(addr, self.switch.drain_timeout);
+        let switch = self.proxy.switch(
+            addr,
+            self.switch.drain_timeout,
+            self.switch.backend_protocol,
+        );
         tokio::pin!(switch);
         let started = Instant::now();
         let mut last_logged = Instant::now();

@@ -1,7 +1,7 @@
 //! The proxy's control socket, with errors mapped to exit code 4.
 
 use crate::error::{Failure, Result};
-use handoff_shared::{ControlClient, SetBackend, StatusResponse, SwitchResponse};
+use handoff_shared::{BackendProtocol, ControlClient, SetBackend, StatusResponse, SwitchResponse};
 use std::path::Path;
 use std::time::Duration;
 
@@ -33,10 +33,23 @@ impl Proxy {
     /// Switches and waits for the drain. If the call fails, the proxy is
     /// asked where it points now, so the caller knows whether the switch
     /// happened (e.g. the connection broke during a long drain).
-    pub async fn switch(&self, addr: &str, drain: Duration) -> Result<SwitchOutcome> {
+    ///
+    /// Without a `protocol` the new backend speaks what the live one does,
+    /// so a gRPC app stays h2c across deploys and rollbacks.
+    pub async fn switch(
+        &self,
+        addr: &str,
+        drain: Duration,
+        protocol: Option<BackendProtocol>,
+    ) -> Result<SwitchOutcome> {
+        let protocol = match protocol {
+            Some(p) => p,
+            None => self.status().await?.protocol,
+        };
         let req = SetBackend {
             addr: addr.to_string(),
             drain_timeout: Some(humantime::format_duration(drain).to_string()),
+            protocol,
         };
         match self.client.set_backend(&req).await {
             Ok(resp) => Ok(SwitchOutcome::Switched(resp)),

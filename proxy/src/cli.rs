@@ -82,6 +82,16 @@ pub struct Cli {
     )]
     pub backend: Option<String>,
 
+    /// What the --backend speaks: http1, or h2c (HTTP/2 cleartext with prior knowledge, e.g. a gRPC server). A switch (PUT /v1/backend) names its own.
+    #[arg(
+        long,
+        env = "HANDOFF_BACKEND_PROTOCOL",
+        default_value = "http1",
+        value_name = "PROTOCOL",
+        help_heading = "Backend and drain"
+    )]
+    pub backend_protocol: handoff_shared::BackendProtocol,
+
     /// How long a switch or shutdown waits for in-flight requests.
     #[arg(long, env = "HANDOFF_DRAIN_TIMEOUT", default_value = "30s", value_parser = duration, value_name = "DURATION", help_heading = "Backend and drain")]
     pub drain_timeout: Duration,

@@ -20,6 +20,8 @@ pub struct Config {
     pub state: PathBuf,
     /// Backend to use when the state file names none.
     pub backend: Option<String>,
+    /// What `backend` speaks (the state file keeps its own).
+    pub backend_protocol: handoff_shared::BackendProtocol,
     /// How long a switch (and shutdown) waits for in-flight requests.
     pub drain_timeout: Duration,
     pub upstream: UpstreamSettings,

@@ -221,6 +221,7 @@ impl Control {
         let active = self.router.active();
         StatusResponse {
             backend: active.as_ref().map(|g| g.addr.to_string()),
+            protocol: active.as_ref().map(|g| g.protocol()).unwrap_or_default(),
             generation: active.as_ref().map_or(0, |g| g.id),
             in_flight: active.as_ref().map_or(0, |g| g.in_flight()),
             draining: self.router.draining(),
@@ -254,6 +255,7 @@ impl Control {
             let _serial = self.switch_lock.lock().await;
             let state = State {
                 backend: Some(req.addr.clone()),
+                protocol: req.protocol,
             };
             let path = self.state_path.clone();
             match tokio::task::spawn_blocking(move || state::save(&path, &state)).await {
@@ -261,9 +263,9 @@ impl Control {
                 Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
                 Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
             }
-            self.router.switch(plan)
+            self.router.switch(plan, req.protocol)
         };
-        tracing::info!(uid, backend = %new.addr, generation = new.id,
+        tracing::info!(uid, backend = %new.addr, protocol = %req.protocol, generation = new.id,
             previous = previous.as_ref().map(|p| p.addr.to_string()), "switched");
         self.metrics.switched();
         let outcome = crate::drain::wait_all(&self.router.retired(), drain_timeout).await;

@@ -6,7 +6,9 @@
 //! drain waiters when the last request finishes. Nothing on the request path
 //! ever waits for a drain (the kamal-proxy stall we must not repeat).
 
+use crate::upstream::h2c::H2Pool;
 use crate::upstream::Pool;
+use handoff_shared::BackendProtocol;
 use http::uri::Authority;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
@@ -24,20 +26,31 @@ pub struct Generation {
     /// Upstream connections of this generation only: dropping the last
     /// reference to a drained generation closes them.
     pub pool: Pool,
+    /// For a backend that speaks h2c, its HTTP/2 connection (then `pool`
+    /// stays empty); `None` for HTTP/1.1.
+    pub h2c: Option<H2Pool>,
     in_flight: AtomicU64,
     retired: AtomicBool,
     idle: Notify,
 }
 
 impl Generation {
-    pub fn new(id: u64, addr: Authority, pool: Pool) -> Self {
+    pub fn new(id: u64, addr: Authority, pool: Pool, h2c: Option<H2Pool>) -> Self {
         Self {
             id,
             addr,
             pool,
+            h2c,
             in_flight: AtomicU64::new(0),
             retired: AtomicBool::new(false),
             idle: Notify::new(),
+        }
+    }
+
+    pub fn protocol(&self) -> BackendProtocol {
+        match self.h2c {
+            Some(_) => BackendProtocol::H2c,
+            None => BackendProtocol::Http1,
         }
     }
 

@@ -79,6 +79,11 @@ impl Forwarder {
         };
         let generation = in_flight.generation();
         exchange.backend = Some((generation.addr.clone(), generation.id));
+        if generation.h2c.is_some() {
+            // Boxed, so the HTTP/1.1 path's future does not carry it.
+            let h2c = crate::forward_h2c::forward(req, client, proto, in_flight, self.metrics);
+            return Box::pin(h2c).await;
+        }
         let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
         let framing = BodyFraming::of(req.body());
         let has_body = framing != BodyFraming::Empty;

@@ -5,16 +5,17 @@ use std::net::IpAddr;
 
 /// Headers that describe one hop's connection and must not be forwarded.
 /// `HTTP2-Settings` belongs to an `Upgrade: h2c` (RFC 7540 §3.2.1), which
-/// the proxy never forwards.
+/// the proxy never forwards. `Trailer` is not among them (RFC 9110 §6.6.2
+/// makes it end-to-end): hyper sends an HTTP/1.1 client only the trailer
+/// fields it declares.
 // A `static`, not a `const`: a const array is built and dropped at every use.
-static HOP_BY_HOP: [HeaderName; 9] = [
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
     HeaderName::from_static("http2-settings"),
 ];

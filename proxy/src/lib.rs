@@ -14,6 +14,7 @@ pub mod control;
 pub mod deadline;
 pub mod drain;
 pub mod forward;
+pub mod forward_h2c;
 pub mod head_scan;
 pub mod headers;
 pub mod histogram;
@@ -27,6 +28,7 @@ pub mod routes;
 pub mod state;
 pub mod switch;
 pub mod tls;
+pub mod trailers;
 pub mod upstream;
 pub mod wire;
 pub mod workers;
@@ -188,9 +190,9 @@ pub async fn run(
 /// The state file wins over `--backend`, so a restart never undoes a deploy.
 fn restore_backend(config: &Config, router: &router::Router) -> Result<(), ProxyError> {
     let saved = state::load(&config.state)?;
-    let (addr, from_flag) = match (saved.backend, &config.backend) {
-        (Some(addr), _) => (addr, false),
-        (None, Some(addr)) => (addr.clone(), true),
+    let (addr, protocol, from_flag) = match (saved.backend, &config.backend) {
+        (Some(addr), _) => (addr, saved.protocol, false),
+        (None, Some(addr)) => (addr.clone(), config.backend_protocol, true),
         (None, None) => return Ok(()),
     };
     handoff_shared::parse_backend_addr(&addr).map_err(ProxyError::Backend)?;
@@ -202,10 +204,11 @@ fn restore_backend(config: &Config, router: &router::Router) -> Result<(), Proxy
             &config.state,
             &state::State {
                 backend: Some(addr.clone()),
+                protocol,
             },
         )?;
     }
-    router.switch(authority);
-    tracing::info!(backend = %addr, source = if from_flag { "--backend" } else { "state file" }, "initial backend");
+    router.switch(authority, protocol);
+    tracing::info!(backend = %addr, %protocol, source = if from_flag { "--backend" } else { "state file" }, "initial backend");
     Ok(())
 }

@@ -210,7 +210,8 @@ pub enum BodyError {
 /// The client's request body on its way upstream, cut off with an error once
 /// it passes the limit (so a chunked upload cannot bypass `--max-body`).
 pub struct RequestBody {
-    inner: Incoming,
+    /// `None` once the body was handed on whole ([`RequestBody::take`]).
+    inner: Option<Incoming>,
     seen: u64,
     max: u64,
     peeked: Option<Frame<Bytes>>,
@@ -220,7 +221,7 @@ pub struct RequestBody {
 impl RequestBody {
     pub fn new(inner: Incoming, max: u64) -> Self {
         Self {
-            inner,
+            inner: Some(inner),
             seen: 0,
             max,
             peeked: None,
@@ -241,6 +242,19 @@ impl RequestBody {
                 self.done = true;
                 Ok(())
             }
+        }
+    }
+
+    /// Moves the body out, leaving an empty one: for an upstream that
+    /// streams it from a task of its own (HTTP/2 to the backend), while
+    /// the request it came with is dropped once its response is ready.
+    pub fn take(&mut self) -> RequestBody {
+        RequestBody {
+            inner: self.inner.take(),
+            seen: self.seen,
+            max: self.max,
+            peeked: self.peeked.take(),
+            done: std::mem::replace(&mut self.done, true),
         }
     }
 
@@ -267,10 +281,10 @@ impl Body for RequestBody {
         if let Some(frame) = this.peeked.take() {
             return Poll::Ready(Some(Ok(frame)));
         }
-        if this.done {
+        let Some(inner) = this.inner.as_mut().filter(|_| !this.done) else {
             return Poll::Ready(None);
-        }
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        };
+        match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) if frame.trailers_ref().is_some_and(|t| t.is_empty()) => {
                 this.done = true;
                 Poll::Ready(Some(Err(BodyError::MalformedEnd)))
@@ -286,14 +300,17 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.peeked.is_none() && (self.done || self.inner.is_end_stream())
+        self.peeked.is_none()
+            && (self.done || self.inner.as_ref().is_none_or(Incoming::is_end_stream))
     }
 
     fn size_hint(&self) -> SizeHint {
         if self.peeked.is_some() || self.done {
             return SizeHint::default();
         }
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Incoming::size_hint)
     }
 }
 

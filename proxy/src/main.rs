@@ -50,6 +50,7 @@ fn main() -> Result<()> {
         control_group,
         state: cli.state,
         backend: cli.backend,
+        backend_protocol: cli.backend_protocol,
         drain_timeout: cli.drain_timeout,
         upstream: UpstreamSettings {
             connect_timeout: cli.upstream_connect_timeout,

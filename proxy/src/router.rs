@@ -3,7 +3,7 @@
 use crate::drain::{Generation, InFlight};
 use crate::upstream::{self, UpstreamSettings};
 use arc_swap::ArcSwapOption;
-use handoff_shared::DrainingGeneration;
+use handoff_shared::{BackendProtocol, DrainingGeneration};
 use http::uri::Authority;
 use std::sync::atomic::{fence, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
@@ -49,12 +49,19 @@ impl Router {
         }
     }
 
-    /// Makes `addr` the active backend; returns the new and the previous
-    /// generation. Callers wait on [`Router::retired`] for the drain.
-    pub fn switch(&self, addr: Authority) -> (Arc<Generation>, Option<Arc<Generation>>) {
+    /// Makes `addr`, speaking `protocol`, the active backend; returns the
+    /// new and the previous generation. Callers wait on
+    /// [`Router::retired`] for the drain.
+    pub fn switch(
+        &self,
+        addr: Authority,
+        protocol: BackendProtocol,
+    ) -> (Arc<Generation>, Option<Arc<Generation>>) {
         let id = self.next_id.fetch_add(1, SeqCst);
         let pool = upstream::Pool::new(addr.clone(), self.settings.clone());
-        let new = Arc::new(Generation::new(id, addr, pool));
+        let h2c = (protocol == BackendProtocol::H2c)
+            .then(|| upstream::h2c::H2Pool::new(addr.clone(), self.settings.clone()));
+        let new = Arc::new(Generation::new(id, addr, pool, h2c));
         let previous = self.active.swap(Some(Arc::clone(&new)));
         fence(SeqCst);
         if let Some(prev) = &previous {

@@ -2,6 +2,7 @@
 //! where it was. Written temp + fsync + rename + fsync(dir): a reader sees the
 //! old file or the new one, never half of one.
 
+use handoff_shared::BackendProtocol;
 use serde::{Deserialize, Serialize};
 use std::fs;
 use std::io::Write;
@@ -32,6 +33,11 @@ pub enum StateError {
 #[serde(deny_unknown_fields)]
 pub struct State {
     pub backend: Option<String>,
+    /// What the backend speaks. Absent in state files written before
+    /// backends had a protocol (they were all HTTP/1.1), and left out when
+    /// `http1`, so an older proxy can still read what this one wrote.
+    #[serde(default, skip_serializing_if = "BackendProtocol::is_http1")]
+    pub protocol: BackendProtocol,
 }
 
 /// A missing file is an empty state (first start); anything unreadable is an error.
@@ -100,9 +106,21 @@ mod tests {
         assert_eq!(load(&path).unwrap(), State::default());
         let s = State {
             backend: Some("127.0.0.1:8081".into()),
+            protocol: BackendProtocol::Http1,
         };
         save(&path, &s).unwrap();
         assert_eq!(load(&path).unwrap(), s);
+        let h2c = State {
+            backend: Some("127.0.0.1:8082".into()),
+            protocol: BackendProtocol::H2c,
+        };
+        save(&path, &h2c).unwrap();
+        assert_eq!(load(&path).unwrap(), h2c);
+        // A file from before backends had a protocol.
+        fs::write(&path, br#"{"backend":"127.0.0.1:8083"}"#).unwrap();
+        assert_eq!(load(&path).unwrap().protocol, BackendProtocol::Http1);
+        fs::write(&path, br#"{"backend":"127.0.0.1:8083","protocol":"h3"}"#).unwrap();
+        assert!(load(&path).is_err());
         fs::write(&path, b"{not json").unwrap();
         let e = load(&path).unwrap_err().to_string();
         assert!(e.contains("state.json") && e.contains("corrupt"), "{e}");

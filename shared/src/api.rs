@@ -5,7 +5,7 @@ use std::time::Duration;
 
 /// `PUT /v1/backend`: route new requests to `addr`, then wait for the old
 /// generation to drain.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SetBackend {
     /// `HOST:PORT` of the new backend, e.g. `127.0.0.1:8081`.
@@ -14,6 +14,57 @@ pub struct SetBackend {
     /// `1m 30s`). The proxy's `--drain-timeout` applies when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain_timeout: Option<String>,
+    /// What the backend speaks; `http1` when absent. Left out of the JSON
+    /// when `http1`, so a request for an HTTP/1.1 backend is the same bytes
+    /// an older proxy (which refuses unknown fields) understands.
+    #[serde(default, skip_serializing_if = "BackendProtocol::is_http1")]
+    pub protocol: BackendProtocol,
+}
+
+/// The protocol the proxy speaks to a backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendProtocol {
+    /// HTTP/1.1, on the proxy's own client (keep-alive, pinned connections).
+    #[default]
+    Http1,
+    /// HTTP/2 over cleartext TCP with prior knowledge (RFC 9113 §3.3), as
+    /// gRPC servers speak it: requests are multiplexed as streams on one
+    /// connection per backend generation, and trailers pass through.
+    H2c,
+}
+
+impl BackendProtocol {
+    pub fn is_http1(&self) -> bool {
+        *self == BackendProtocol::Http1
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendProtocol::Http1 => "http1",
+            BackendProtocol::H2c => "h2c",
+        }
+    }
+}
+
+impl std::fmt::Display for BackendProtocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for BackendProtocol {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "http1" => Ok(BackendProtocol::Http1),
+            "h2c" => Ok(BackendProtocol::H2c),
+            _ => Err(format!(
+                "unknown backend protocol {s:?}: expected http1 or h2c"
+            )),
+        }
+    }
 }
 
 /// The answer to a switch. It is sent only once the drain finished or timed out,
@@ -52,6 +103,9 @@ pub struct Listeners {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusResponse {
     pub backend: Option<String>,
+    /// What the active backend speaks (`http1` when none is active).
+    #[serde(default)]
+    pub protocol: BackendProtocol,
     pub generation: u64,
     pub in_flight: u64,
     pub draining: Vec<DrainingGeneration>,
@@ -166,5 +220,17 @@ mod tests {
     #[test]
     fn set_backend_rejects_unknown_fields() {
         assert!(serde_json::from_str::<SetBackend>(r#"{"addr":"a:1","bogus":1}"#).is_err());
+    }
+
+    #[test]
+    fn set_backend_protocol_defaults_to_http1_and_is_checked() {
+        let old: SetBackend = serde_json::from_str(r#"{"addr":"a:1"}"#).unwrap();
+        assert_eq!(old.protocol, BackendProtocol::Http1);
+        assert_eq!(serde_json::to_string(&old).unwrap(), r#"{"addr":"a:1"}"#);
+        let h2c: SetBackend = serde_json::from_str(r#"{"addr":"a:1","protocol":"h2c"}"#).unwrap();
+        assert_eq!(h2c.protocol, BackendProtocol::H2c);
+        assert!(serde_json::from_str::<SetBackend>(r#"{"addr":"a:1","protocol":"h3"}"#).is_err());
+        assert_eq!("H2C".parse::<BackendProtocol>(), Ok(BackendProtocol::H2c));
+        assert!("spdy".parse::<BackendProtocol>().is_err());
     }
 }

@@ -45,6 +45,8 @@ pub struct Seen {
     pub headers: Vec<(String, String)>,
     /// The body, de-chunked if it came chunked.
     pub body: Vec<u8>,
+    /// Trailer fields after a chunked body, as sent (names lower-cased).
+    pub trailers: Vec<(String, String)>,
 }
 
 impl Seen {
@@ -219,7 +221,7 @@ async fn serve(mut tcp: TcpStream, conn: usize, shared: Arc<Shared>) {
         seen.nth = nth;
         let reply = (shared.script)(&seen);
         if !matches!(reply, Reply::EarlyClose(_) | Reply::HoldUnread) {
-            match read_body(&mut tcp, &mut buf, &seen).await {
+            match read_body(&mut tcp, &mut buf, &mut seen).await {
                 Some(body) => seen.body = body,
                 None => {
                     closed_by_proxy();
@@ -346,7 +348,7 @@ async fn line(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
 }
 
 /// The request body as framed by the head; `None` if the stream ends early.
-async fn read_body(tcp: &mut TcpStream, buf: &mut Vec<u8>, req: &Seen) -> Option<Vec<u8>> {
+async fn read_body(tcp: &mut TcpStream, buf: &mut Vec<u8>, req: &mut Seen) -> Option<Vec<u8>> {
     let chunked = req
         .all("transfer-encoding")
         .iter()
@@ -360,8 +362,16 @@ async fn read_body(tcp: &mut TcpStream, buf: &mut Vec<u8>, req: &Seen) -> Option
             let size = usize::from_str_radix(hex, 16).expect("chunk size");
             if size == 0 {
                 // Trailer fields, up to the empty line.
-                while !line(tcp, buf).await?.is_empty() {}
-                return Some(body);
+                loop {
+                    let field = line(tcp, buf).await?;
+                    if field.is_empty() {
+                        return Some(body);
+                    }
+                    let field = String::from_utf8(field).expect("trailer field is UTF-8");
+                    let (name, value) = field.split_once(':').expect("trailer field with a colon");
+                    req.trailers
+                        .push((name.to_ascii_lowercase(), value.trim().to_string()));
+                }
             }
             body.extend(take(tcp, buf, size).await?);
             assert_eq!(take(tcp, buf, 2).await?, b"\r\n", "chunk without CRLF");

@@ -16,6 +16,7 @@ fn switch_to(addr: &str) -> SetBackend {
     SetBackend {
         addr: addr.to_string(),
         drain_timeout: Some("1s".into()),
+        ..SetBackend::default()
     }
 }
 

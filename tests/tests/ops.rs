@@ -44,6 +44,7 @@ async fn metrics_move_by_the_right_amounts() {
         .set_backend(&SetBackend {
             addr: b2.addr_string(),
             drain_timeout: None,
+            protocol: Default::default(),
         })
         .await
         .unwrap();
@@ -100,6 +101,7 @@ async fn metrics_move_by_the_right_amounts() {
         .set_backend(&SetBackend {
             addr: b3.addr_string(),
             drain_timeout: None,
+            protocol: Default::default(),
         })
         .await
         .unwrap();

@@ -11,6 +11,7 @@ fn switch_to(addr: &str) -> SetBackend {
     SetBackend {
         addr: addr.to_string(),
         drain_timeout: None,
+        protocol: Default::default(),
     }
 }
 
@@ -41,7 +42,9 @@ async fn forwards_with_proxy_headers_and_streams_bodies() {
     assert_eq!(seen["x-forwarded-proto"], "http");
     assert_eq!(seen["x-forwarded-host"], "shop.example");
     assert_eq!(seen["x-app"], "kept");
-    for hop in ["x-hop", "keep-alive", "te", "proxy-connection"] {
+    // `TE: trailers` is the one hop-by-hop offer passed on (issue 12.5).
+    assert_eq!(seen["te"], "trailers");
+    for hop in ["x-hop", "keep-alive", "proxy-connection"] {
         assert!(
             seen.get(hop).is_none(),
             "hop-by-hop header {hop} was forwarded: {seen}"
@@ -185,6 +188,7 @@ async fn drain_timeout_returns_undrained() {
     let req = SetBackend {
         addr: b2.addr_string(),
         drain_timeout: Some("1s".into()),
+        protocol: Default::default(),
     };
     let r = p.client().set_backend(&req).await.unwrap();
     assert!(!r.drained, "{r:?}");

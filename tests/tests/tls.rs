@@ -340,6 +340,7 @@ async fn websocket_over_tls_survives_a_switch_and_holds_the_drain_until_closed()
             .set_backend(&SetBackend {
                 addr: to,
                 drain_timeout: Some("60s".into()),
+                protocol: Default::default(),
             })
             .await
             .unwrap()

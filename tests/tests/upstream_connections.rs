@@ -493,6 +493,7 @@ async fn after_a_switch_a_pinned_connection_of_the_old_generation_is_closed_and_
                 client.set_backend(&SetBackend {
                     addr,
                     drain_timeout: None,
+                    protocol: Default::default(),
                 }),
             )
             .await

@@ -44,6 +44,7 @@ pub async fn run(common: &Common, args: &CutoverArgs) -> Result<CutoverReport> {
         let req = SetBackend {
             addr: current.addr.to_string(),
             drain_timeout: Some(drain_timeout),
+            protocol: Default::default(),
         };
         calls.push(tokio::spawn(async move {
             let t0 = Instant::now();

@@ -2,6 +2,7 @@
 //! connection's read buffer frame by frame.
 
 use bytes::{Bytes, BytesMut};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
 
 /// How the end of a response body is found.
@@ -80,6 +81,9 @@ fn parse_decimal(b: &[u8]) -> Option<u64> {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Step {
     Data(Bytes),
+    /// The body is complete, and these trailer fields (never empty, already
+    /// sanitized by [`crate::trailers`]) came after it.
+    Trailers(HeaderMap),
     /// The body is complete.
     End,
     /// More bytes must be read first.
@@ -88,6 +92,10 @@ pub enum Step {
 
 /// Chunk-size and trailer lines longer than this are refused.
 const MAX_LINE: usize = 4096;
+/// The most trailer fields accepted after a chunked body.
+const MAX_TRAILERS: usize = 32;
+/// The largest trailer section accepted (hyper's limit for requests too).
+const MAX_TRAILER_BYTES: usize = 16 * 1024;
 
 #[derive(Debug)]
 enum State {
@@ -180,17 +188,65 @@ impl Decoder {
                     };
                 }
                 State::Trailer => {
-                    let Some(line) = line(buf)? else {
+                    let Some(trailers) = trailer_section(buf)? else {
                         return Ok(Step::More);
                     };
-                    // Trailer fields are not forwarded; the empty line ends the body.
-                    if line.is_empty() {
-                        self.state = State::Done;
-                    }
+                    self.state = State::Done;
+                    return Ok(match trailers {
+                        Some(trailers) => Step::Trailers(trailers),
+                        None => Step::End,
+                    });
                 }
             }
         }
     }
+}
+
+/// The trailer section after the last chunk, through its empty line, off
+/// `buf`: `None` while incomplete; then the fields the proxy forwards, if
+/// any. Parsed by httparse, as heads are, but with CRLF line ends only, like
+/// the chunk lines: a bare LF here is where a smuggler would make the
+/// backend and this proxy disagree on where the next response starts.
+fn trailer_section(buf: &mut BytesMut) -> Result<Option<Option<HeaderMap>>, &'static str> {
+    if buf.len() < 2 {
+        return Ok(None);
+    }
+    // The common case: no trailer fields at all.
+    if buf.starts_with(b"\r\n") {
+        let _ = buf.split_to(2);
+        return Ok(Some(None));
+    }
+    let mut slots = [httparse::EMPTY_HEADER; MAX_TRAILERS];
+    let (len, fields) = match httparse::parse_headers(buf, &mut slots) {
+        Ok(httparse::Status::Complete(parsed)) => parsed,
+        Ok(httparse::Status::Partial) if buf.len() > MAX_TRAILER_BYTES => {
+            return Err("trailer section too large")
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err("too many trailer fields"),
+        Err(_) => return Err("malformed trailer section"),
+    };
+    if len > MAX_TRAILER_BYTES {
+        return Err("trailer section too large");
+    }
+    let section = &buf[..len];
+    if memchr::memchr_iter(b'\n', section).any(|lf| lf == 0 || section[lf - 1] != b'\r') {
+        return Err("bare LF in chunked framing");
+    }
+    let mut trailers = HeaderMap::with_capacity(fields.len());
+    for field in fields.iter() {
+        let name = HeaderName::from_bytes(field.name.as_bytes())
+            .map_err(|_| "invalid trailer field name")?;
+        let value =
+            HeaderValue::from_bytes(field.value).map_err(|_| "invalid trailer field value")?;
+        if crate::trailers::allowed(&name) {
+            trailers.append(name, value);
+        } else {
+            tracing::debug!(field = %name, "trailer field from the backend dropped");
+        }
+    }
+    let _ = buf.split_to(len);
+    Ok(Some((!trailers.is_empty()).then_some(trailers)))
 }
 
 fn take(buf: &mut BytesMut, max: u64) -> Bytes {
@@ -242,7 +298,7 @@ mod tests {
         loop {
             match d.decode(&mut buf)? {
                 Step::Data(b) => body.extend_from_slice(&b),
-                Step::End => return Ok((body, buf.len())),
+                Step::End | Step::Trailers(_) => return Ok((body, buf.len())),
                 Step::More if fed < wire.len() => {
                     let n = step.min(wire.len() - fed);
                     buf.extend_from_slice(&wire[fed..fed + n]);
@@ -262,6 +318,54 @@ mod tests {
             // What follows the body stays for the next exchange.
             assert!(left <= 4);
         }
+    }
+
+    #[test]
+    fn trailers_are_kept_and_sanitized_whatever_the_read_sizes() {
+        let wire = b"2\r\nhi\r\n0\r\ngrpc-status: 5\r\ncontent-length: 9\r\nx-sum: a\r\n\r\nNEXT";
+        for step in [1, 2, 5, 100] {
+            let mut d = Decoder::new(Framing::Chunked);
+            let mut buf = BytesMut::new();
+            let mut fed = 0;
+            let trailers = loop {
+                match d.decode(&mut buf).unwrap() {
+                    Step::Trailers(t) => break t,
+                    Step::Data(_) => {}
+                    Step::End => panic!("trailers lost (step {step})"),
+                    Step::More => {
+                        let n = step.min(wire.len() - fed);
+                        buf.extend_from_slice(&wire[fed..fed + n]);
+                        fed += n;
+                    }
+                }
+            };
+            assert_eq!(trailers.len(), 2, "step {step}: {trailers:?}");
+            assert_eq!(trailers["grpc-status"], "5");
+            assert_eq!(trailers["x-sum"], "a");
+            assert!(d.is_done());
+            assert_eq!(d.decode(&mut buf), Ok(Step::End));
+            assert!(
+                b"NEXT".starts_with(&buf),
+                "step {step}: the next response stays"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_trailer_sections_are_errors() {
+        for wire in [
+            &b"0\r\nx: 1\n\r\n"[..],
+            b"0\r\nx 1\r\n\r\n",
+            b"0\r\nx: 1\r\n y\r\n\r\n",
+        ] {
+            assert!(run(Framing::Chunked, wire, 100).is_err(), "{wire:?}");
+        }
+        let mut many = b"0\r\n".to_vec();
+        for i in 0..=MAX_TRAILERS {
+            many.extend_from_slice(format!("x-{i}: 1\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        assert!(run(Framing::Chunked, &many, 100).is_err());
     }
 
     #[test]

@@ -13,7 +13,7 @@
 //! leaving fields out and appending the proxy's own while writing costs one
 //! pass over the fields.
 
-use crate::headers;
+use crate::{headers, trailers};
 use http::header::{self, HeaderValue};
 use http::{Method, Request};
 
@@ -90,6 +90,7 @@ pub fn request_head<B>(
         .contains_key(header::CONNECTION)
         .then(|| headers::connection_named(map, upgrade));
     let mut prior_xff = false;
+    let mut te_trailers = false;
     for (name, value) in map {
         if *name == header::HOST || headers::is_forwarding(name) {
             prior_xff |= name == headers::X_FORWARDED_FOR;
@@ -100,6 +101,9 @@ pub fn request_head<B>(
             || headers::is_hop_by_hop(name)
             || (*name == header::UPGRADE && !upgrade)
         {
+            // `TE: trailers` is the one hop-by-hop offer passed on: the
+            // client takes trailers, which is why they are forwarded.
+            te_trailers |= *name == header::TE && trailers::te_offers_trailers(value.as_bytes());
             continue;
         }
         if named.as_ref().is_some_and(|n| n.contains(name)) {
@@ -107,8 +111,15 @@ pub fn request_head<B>(
         }
         line(&mut out, name.as_str().as_bytes(), value.as_bytes());
     }
-    if upgrade {
-        out.extend_from_slice(b"connection: upgrade\r\n");
+    // A sender of TE names it in Connection too (RFC 9110 §10.1.4).
+    if te_trailers {
+        out.extend_from_slice(b"te: trailers\r\n");
+    }
+    match (upgrade, te_trailers) {
+        (true, false) => out.extend_from_slice(b"connection: upgrade\r\n"),
+        (true, true) => out.extend_from_slice(b"connection: upgrade, te\r\n"),
+        (false, true) => out.extend_from_slice(b"connection: te\r\n"),
+        (false, false) => {}
     }
 
     // Appended to what earlier proxies said, in order.
@@ -214,9 +225,20 @@ mod tests {
             .unwrap();
         assert_eq!(
             wire(req, false),
-            "POST /a?b=1 HTTP/1.1\r\nhost: example.test\r\nx-app: kept\r\n\
-             x-forwarded-for: 10.0.0.1, 10.0.0.2, 192.0.2.7\r\nx-forwarded-proto: https\r\n\
-             x-forwarded-host: example.test\r\nvia: 1.1 handoff-test\r\ncontent-length: 0\r\n\r\n"
+            "POST /a?b=1 HTTP/1.1
+host: example.test
+x-app: kept
+te: trailers
+\
+             connection: te
+x-forwarded-for: 10.0.0.1, 10.0.0.2, 192.0.2.7
+x-forwarded-proto: https
+\
+             x-forwarded-host: example.test
+via: 1.1 handoff-test
+content-length: 0
+
+"
         );
     }
 

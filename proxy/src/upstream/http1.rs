@@ -98,8 +98,18 @@ async fn send_body(
 ) -> Result<(), ExchangeError> {
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(ExchangeError::Body)?;
-        let Ok(data) = frame.into_data() else {
-            continue; // trailers are not forwarded
+        let data = match frame.into_data() {
+            Ok(data) => data,
+            // Trailers end the body; only chunked framing can carry them.
+            Err(frame) => match frame.into_trailers() {
+                Ok(mut trailers) if chunked => {
+                    crate::trailers::sanitize(&mut trailers);
+                    conn.write_all(&crate::trailers::chunked_end(&trailers))
+                        .await?;
+                    return Ok(());
+                }
+                _ => continue,
+            },
         };
         if data.is_empty() {
             continue;

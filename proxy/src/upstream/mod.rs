@@ -13,6 +13,7 @@
 mod conn;
 pub mod decode;
 pub mod encode;
+pub mod h2c;
 pub mod http1;
 
 pub use conn::Conn;
