@@ -36,9 +36,31 @@ pub struct UpstreamBody {
     home: Option<Arc<Pinned>>,
     in_flight: InFlight,
     exchange: Option<Exchange>,
+    /// Read off the connection by response buffering before hyper asked
+    /// (see [`crate::buffering`]): sent first, then the failure the read
+    /// ended with, if any, so a cut body still reaches the client as cut.
+    ahead: Option<Bytes>,
+    failed: Option<io::Error>,
+    failed_yielded: bool,
 }
 
 impl UpstreamBody {
+    /// Whether the whole body has been read off the connection.
+    pub(crate) fn wire_done(&self) -> bool {
+        self.conn.is_none() || self.decoder.is_done()
+    }
+
+    /// Body bytes the backend has yet to send, when the framing says.
+    pub(crate) fn wire_remaining(&self) -> Option<u64> {
+        self.decoder.remaining()
+    }
+
+    /// Puts what response buffering read back in front of the rest.
+    pub(crate) fn read_ahead(&mut self, data: Bytes, failed: Option<io::Error>) {
+        self.ahead = (!data.is_empty()).then_some(data);
+        self.failed = failed;
+    }
+
     /// The body is complete: a connection with nothing after the response
     /// goes home at once, before the last bytes reach the client, so the
     /// client's next request finds it there.
@@ -55,6 +77,26 @@ impl UpstreamBody {
     }
 
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
+        if let Some(data) = self.ahead.take() {
+            return Poll::Ready(Some(Ok(data)));
+        }
+        if let Some(e) = self.failed.take() {
+            if !self.failed_yielded {
+                // hyper drops what it has buffered for the client when the
+                // body fails in the same pass: let it write head and data
+                // first, as it would have with the failure coming later.
+                self.failed_yielded = true;
+                self.failed = Some(e);
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            return Poll::Ready(Some(Err(e)));
+        }
+        self.poll_wire(cx)
+    }
+
+    /// The next piece of the body off the connection itself.
+    pub(crate) fn poll_wire(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
         loop {
             let Some(conn) = self.conn.as_mut() else {
                 return Poll::Ready(None);
@@ -119,6 +161,9 @@ impl ProxyBody {
             home,
             in_flight,
             exchange: None,
+            ahead: None,
+            failed: None,
+            failed_yielded: false,
         });
         if body.decoder.is_done() {
             body.complete();
@@ -170,17 +215,28 @@ impl Body for ProxyBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ProxyBody::Upstream(body) => body.conn.is_none() || body.decoder.is_done(),
+            ProxyBody::Upstream(body) => {
+                body.ahead.is_none() && body.failed.is_none() && body.wire_done()
+            }
             ProxyBody::Local(bytes) => bytes.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ProxyBody::Upstream(body) => match body.decoder.remaining() {
-                Some(n) => SizeHint::with_exact(n),
-                None => SizeHint::default(),
-            },
+            ProxyBody::Upstream(body) => {
+                let ahead = body.ahead.as_ref().map_or(0, |b| b.len() as u64);
+                let wire = if body.conn.is_none() {
+                    // Read whole by response buffering (or failed).
+                    body.failed.is_none().then_some(0)
+                } else {
+                    body.decoder.remaining()
+                };
+                match wire {
+                    Some(n) => SizeHint::with_exact(ahead + n),
+                    None => SizeHint::default(),
+                }
+            }
             ProxyBody::Local(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }

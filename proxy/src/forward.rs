@@ -1,6 +1,7 @@
 //! The request path: pick the active generation, forward, stream back.
 
 use crate::body::ProxyBody;
+use crate::buffering::{self, Buffering};
 use crate::drain::{Generation, InFlight};
 use crate::headers;
 use crate::limits::RequestBody;
@@ -39,6 +40,7 @@ impl ClientConn {
 pub struct Forwarder {
     pub router: Arc<Router>,
     pub metrics: &'static Metrics,
+    pub buffering: Buffering,
 }
 
 impl Forwarder {
@@ -68,12 +70,21 @@ impl Forwarder {
         exchange: &mut Exchange,
         pinned: Option<&Arc<Pinned>>,
     ) -> Response<ProxyBody> {
+        let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
+        // Before routing: a slow body holds no backend connection and
+        // counts on no generation. Boxed, as most requests have no body.
+        if !req.body().is_end_stream() {
+            let read = buffering::request(req, self.buffering.request, upgrade);
+            if let Err(e) = Box::pin(read).await {
+                let r = crate::limits::body_fault(&e).unwrap_or_else(crate::limits::too_large);
+                return local(r.status, r.reason);
+            }
+        }
         let Some(in_flight) = self.router.acquire() else {
             return local(StatusCode::SERVICE_UNAVAILABLE, "no backend configured\n");
         };
         let generation = in_flight.generation();
         exchange.backend = Some((generation.addr.clone(), generation.id));
-        let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
         let has_body = !req.body().is_end_stream();
         let (wire, chunked) = encode::request_head(
             req,
@@ -138,7 +149,11 @@ impl Forwarder {
         // An HTTP/1 client sends its next request only after this response,
         // so the connection waits in its pin; HTTP/2 streams share the pool.
         let home = pinned.cloned();
-        let body = ProxyBody::upstream(conn, Decoder::new(framing), reusable, home, in_flight);
+        let mut body = ProxyBody::upstream(conn, Decoder::new(framing), reusable, home, in_flight);
+        if let ProxyBody::Upstream(upstream) = &mut body {
+            let limit = self.buffering.response;
+            buffering::response(upstream, limit, req.headers(), resp.headers()).await;
+        }
         resp.map(|()| body)
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod body;
+pub mod buffering;
 pub mod config;
 pub mod control;
 pub mod deadline;
@@ -18,6 +19,7 @@ pub mod head_scan;
 pub mod headers;
 pub mod histogram;
 pub mod limits;
+pub mod linger;
 pub mod listener;
 pub mod metrics;
 pub mod observe;
@@ -128,6 +130,7 @@ pub async fn run(
     let forwarder = Arc::new(forward::Forwarder {
         router: Arc::clone(&router),
         metrics,
+        buffering: config.buffering,
     });
     let workers = Arc::new(workers::Workers::start(config.workers).map_err(ProxyError::Workers)?);
     let (graceful, accept_tasks) = listener::start(

@@ -207,6 +207,8 @@ pub struct RequestBody {
     seen: u64,
     max: u64,
     peeked: Option<Frame<Bytes>>,
+    /// Trailers request buffering read after the data in `peeked`.
+    peeked_trailers: Option<Frame<Bytes>>,
     done: bool,
 }
 
@@ -217,8 +219,18 @@ impl RequestBody {
             seen: 0,
             max,
             peeked: None,
+            peeked_trailers: None,
             done: false,
         }
+    }
+
+    /// Puts back what request buffering read (see [`crate::buffering`]):
+    /// `data`, then `trailers`, then the rest of the client's stream unless
+    /// `ended`.
+    pub fn put_back(&mut self, data: Bytes, trailers: Option<Frame<Bytes>>, ended: bool) {
+        self.peeked = (!data.is_empty()).then(|| Frame::data(data));
+        self.peeked_trailers = trailers;
+        self.done = ended;
     }
 
     /// Reads the first frame now and keeps it for the upstream request.
@@ -260,6 +272,9 @@ impl Body for RequestBody {
         if let Some(frame) = this.peeked.take() {
             return Poll::Ready(Some(Ok(frame)));
         }
+        if let Some(frame) = this.peeked_trailers.take() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
         if this.done {
             return Poll::Ready(None);
         }
@@ -275,10 +290,16 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.peeked.is_none() && (self.done || self.inner.is_end_stream())
+        self.peeked.is_none()
+            && self.peeked_trailers.is_none()
+            && (self.done || self.inner.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
+        if self.done && self.peeked_trailers.is_none() {
+            let len = self.peeked.as_ref().and_then(Frame::data_ref).map_or(0, |d| d.len());
+            return SizeHint::with_exact(len as u64);
+        }
         if self.peeked.is_some() || self.done {
             return SizeHint::default();
         }
