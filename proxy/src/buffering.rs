@@ -228,8 +228,14 @@ mod tests {
             &map(&[("content-type", "text/event-stream; charset=utf-8")])
         ));
         assert!(streams(&none, &map(&[("x-accel-buffering", " No")])));
-        assert!(streams(&none, &map(&[("content-type", "application/grpc+proto")])));
-        assert!(streams(&map(&[("content-type", "application/grpc")]), &none));
+        assert!(streams(
+            &none,
+            &map(&[("content-type", "application/grpc+proto")])
+        ));
+        assert!(streams(
+            &map(&[("content-type", "application/grpc")]),
+            &none
+        ));
         assert!(!streams(&none, &map(&[("x-accel-buffering", "yes")])));
         assert!(!streams(&none, &map(&[("content-type", "text/html")])));
     }

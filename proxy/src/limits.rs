@@ -297,7 +297,11 @@ impl Body for RequestBody {
 
     fn size_hint(&self) -> SizeHint {
         if self.done && self.peeked_trailers.is_none() {
-            let len = self.peeked.as_ref().and_then(Frame::data_ref).map_or(0, |d| d.len());
+            let len = self
+                .peeked
+                .as_ref()
+                .and_then(Frame::data_ref)
+                .map_or(0, |d| d.len());
             return SizeHint::with_exact(len as u64);
         }
         if self.peeked.is_some() || self.done {
