@@ -7,9 +7,10 @@
 //! slowly, or just stays connected, would hold that backend connection for
 //! as long as it likes: 500 slowhttptest slow readers held 500 backend
 //! connections. So once the client connection's task has nothing to do and
-//! the pin has waited for [`LINGER`], the connection goes to the
-//! generation's pool, where any client's request can take it (nginx keeps
-//! no per-client upstream connection at all).
+//! the pin has waited for [`LINGER`], or at once when the client's socket
+//! would not take the last write (a slow reader), the connection goes to
+//! the generation's pool, where any client's request can take it (nginx
+//! keeps no per-client upstream connection at all).
 //!
 //! The check runs when the client connection's task is about to sleep: one
 //! uncontended lock and one clock read. The timer is a [`LazyDeadline`], so a
@@ -19,6 +20,7 @@
 use crate::deadline::LazyDeadline;
 use crate::router::Router;
 use crate::upstream::Pinned;
+use crate::wire::ConnFlags;
 use std::task::Context;
 use std::time::Duration;
 
@@ -30,14 +32,16 @@ pub const LINGER: Duration = Duration::from_millis(50);
 pub struct Linger<'a> {
     pinned: &'a Pinned,
     router: &'a Router,
+    flags: &'a ConnFlags,
     timer: LazyDeadline,
 }
 
 impl<'a> Linger<'a> {
-    pub fn new(pinned: &'a Pinned, router: &'a Router) -> Self {
+    pub fn new(pinned: &'a Pinned, router: &'a Router, flags: &'a ConnFlags) -> Self {
         Self {
             pinned,
             router,
+            flags,
             timer: LazyDeadline::default(),
         }
     }
@@ -48,7 +52,7 @@ impl<'a> Linger<'a> {
         let Some(since) = self.pinned.idle_since() else {
             return;
         };
-        if self.timer.poll_passed(cx, since + LINGER).is_ready() {
+        if self.flags.write_blocked() || self.timer.poll_passed(cx, since + LINGER).is_ready() {
             if let Some(active) = self.router.active() {
                 // A pin of an older generation is closed instead.
                 self.pinned.release_to(active.id, &active.pool);

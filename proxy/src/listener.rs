@@ -362,7 +362,11 @@ async fn serve_connection<I>(
         .serve_connection_with_upgrades(TokioIo::new(io), service)
         .into_owned();
     let mut http = std::pin::pin!(watcher.watch(http));
-    let mut linger = Linger::new(&conn.client.pinned, &conn.front.forwarder.router);
+    let mut linger = Linger::new(
+        &conn.client.pinned,
+        &conn.front.forwarder.router,
+        &conn.flags,
+    );
     let served = std::future::poll_fn(|cx| {
         let polled = http.as_mut().poll(cx);
         if polled.is_pending() {
