@@ -22,6 +22,8 @@ use tokio::net::TcpListener;
 pub const ID_HEADER: &str = "x-bench-backend";
 /// The longest `/slow` sleep accepted; keeps every request bounded.
 const MAX_SLOW_MS: u64 = 60_000;
+/// The largest `/bytes?n=N` body (slow-clients' slow readers).
+const MAX_BYTES: usize = 16 << 20;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BackendArgs {
@@ -108,6 +110,15 @@ async fn handle(
                 Bytes::from_static(b"want /slow?ms=N, N <= 60000\n"),
             ),
         },
+        "/bytes" => match query_num(req.uri().query(), "n=") {
+            Some(n) if n as usize <= MAX_BYTES => {
+                (StatusCode::OK, Bytes::from(vec![b'b'; n as usize]))
+            }
+            _ => (
+                StatusCode::BAD_REQUEST,
+                Bytes::from_static(b"want /bytes?n=N, N <= 16777216\n"),
+            ),
+        },
         _ => (StatusCode::OK, Bytes::from_static(b"ok\n")),
     };
     let mut resp = Response::new(Full::new(body));
@@ -117,12 +128,16 @@ async fn handle(
 }
 
 fn slow_ms(query: Option<&str>) -> Option<u64> {
-    let ms = query?
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("ms="))?
-        .parse()
-        .ok()?;
+    let ms = query_num(query, "ms=")?;
     (ms <= MAX_SLOW_MS).then_some(ms)
+}
+
+fn query_num(query: Option<&str>, key: &str) -> Option<u64> {
+    query?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(key))?
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]

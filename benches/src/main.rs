@@ -60,7 +60,10 @@ enum Cmd {
     Seed(CutoverArgs),
     /// Full `handoff deploy` v1 -> v2 under load (needs Docker and the deployer).
     Deploy(CutoverArgs),
-    /// steady, switch, seed and deploy in turn, then the chart.
+    /// slowhttptest slow bodies (-B) and slow readers (-X) against
+    /// handoff-proxy and nginx: backend connections held, and a probe.
+    SlowClients(scenarios::slow_clients::SlowArgs),
+    /// steady, switch, seed, deploy and slow-clients in turn, then the chart.
     All {
         #[command(flatten)]
         cutover: CutoverArgs,
@@ -117,6 +120,7 @@ async fn dispatch(common: &Common, cmd: Cmd) -> Result<()> {
         Cmd::Switch(args) => run_cutover(common, &args, "switch").await,
         Cmd::Seed(args) => run_cutover(common, &args, "seed").await,
         Cmd::Deploy(args) => run_cutover(common, &args, "deploy").await,
+        Cmd::SlowClients(args) => run_slow_clients(common, &args).await,
         Cmd::All { cutover, rounds } => {
             let steady_args = SteadyArgs {
                 conns: vec![64, 256],
@@ -131,6 +135,7 @@ async fn dispatch(common: &Common, cmd: Cmd) -> Result<()> {
             run_cutover(common, &cutover, "switch").await?;
             run_cutover(common, &cutover, "seed").await?;
             run_cutover(common, &cutover, "deploy").await?;
+            run_slow_clients(common, &scenarios::slow_clients::SlowArgs::default()).await?;
             Ok(())
         }
         Cmd::Chart => draw_chart(common),
@@ -188,6 +193,20 @@ async fn run_cutover(common: &Common, args: &CutoverArgs, which: &str) -> Result
             r.steady.ok,
             r.events.len()
         );
+    }
+    Ok(())
+}
+
+async fn run_slow_clients(common: &Common, args: &scenarios::slow_clients::SlowArgs) -> Result<()> {
+    use scenarios::slow_clients;
+    let r = slow_clients::run(common, args).await?;
+    let md = slow_clients::markdown(&r);
+    println!("{md}");
+    let path = report::write_json(&common.out, "slow-clients", &r)?;
+    std::fs::write(common.out.join("slow-clients-latest.md"), &md)?;
+    tracing::info!("raw figures: {}", path.display());
+    if let Some(run) = r.runs.iter().find(|run| run.backend_conns.is_empty()) {
+        bail!("slow-clients: {} {} took no sample", run.target, run.mode);
     }
     Ok(())
 }

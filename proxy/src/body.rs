@@ -38,9 +38,39 @@ pub struct UpstreamBody {
     home: Option<Arc<Pinned>>,
     in_flight: InFlight,
     exchange: Option<Exchange>,
+    /// Read off the connection by response buffering before hyper asked
+    /// (see [`crate::buffering`]): sent first, then its trailers, then the
+    /// failure the read ended with, if any, so a cut body still reaches
+    /// the client as cut.
+    ahead: Option<Bytes>,
+    ahead_trailers: Option<Frame<Bytes>>,
+    failed: Option<io::Error>,
+    failed_yielded: bool,
 }
 
 impl UpstreamBody {
+    /// Whether the whole body has been read off the connection.
+    pub(crate) fn wire_done(&self) -> bool {
+        self.conn.is_none() || self.decoder.is_done()
+    }
+
+    /// Body bytes the backend has yet to send, when the framing says.
+    pub(crate) fn wire_remaining(&self) -> Option<u64> {
+        self.decoder.remaining()
+    }
+
+    /// Puts what response buffering read back in front of the rest.
+    pub(crate) fn read_ahead(
+        &mut self,
+        data: Bytes,
+        trailers: Option<Frame<Bytes>>,
+        failed: Option<io::Error>,
+    ) {
+        self.ahead = (!data.is_empty()).then_some(data);
+        self.ahead_trailers = trailers;
+        self.failed = failed;
+    }
+
     /// The body is complete: a connection with nothing after the response
     /// goes home at once, before the last bytes reach the client, so the
     /// client's next request finds it there.
@@ -57,6 +87,32 @@ impl UpstreamBody {
     }
 
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Frame<Bytes>>>> {
+        if let Some(data) = self.ahead.take() {
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
+        if let Some(trailers) = self.ahead_trailers.take() {
+            return Poll::Ready(Some(Ok(trailers)));
+        }
+        if let Some(e) = self.failed.take() {
+            if !self.failed_yielded {
+                // hyper drops what it has buffered for the client when the
+                // body fails in the same pass: let it write head and data
+                // first, as it would have with the failure coming later.
+                self.failed_yielded = true;
+                self.failed = Some(e);
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            return Poll::Ready(Some(Err(e)));
+        }
+        self.poll_wire(cx)
+    }
+
+    /// The next frame of the body off the connection itself.
+    pub(crate) fn poll_wire(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<io::Result<Frame<Bytes>>>> {
         loop {
             let Some(conn) = self.conn.as_mut() else {
                 return Poll::Ready(None);
@@ -125,6 +181,10 @@ impl ProxyBody {
             home,
             in_flight,
             exchange: None,
+            ahead: None,
+            ahead_trailers: None,
+            failed: None,
+            failed_yielded: false,
         });
         if body.decoder.is_done() {
             body.complete();
@@ -179,7 +239,12 @@ impl Body for ProxyBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ProxyBody::Upstream(body) => body.conn.is_none() || body.decoder.is_done(),
+            ProxyBody::Upstream(body) => {
+                body.ahead.is_none()
+                    && body.ahead_trailers.is_none()
+                    && body.failed.is_none()
+                    && body.wire_done()
+            }
             ProxyBody::H2c(body) => body.is_end_stream(),
             ProxyBody::Local(bytes) => bytes.is_none(),
         }
@@ -187,10 +252,22 @@ impl Body for ProxyBody {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ProxyBody::Upstream(body) => match body.decoder.remaining() {
-                Some(n) => SizeHint::with_exact(n),
-                None => SizeHint::default(),
-            },
+            ProxyBody::Upstream(body) => {
+                let ahead = body.ahead.as_ref().map_or(0, |b| b.len() as u64);
+                let wire = if body.ahead_trailers.is_some() {
+                    // Trailers go only with chunked framing.
+                    None
+                } else if body.conn.is_none() {
+                    // Read whole by response buffering (or failed).
+                    body.failed.is_none().then_some(0)
+                } else {
+                    body.decoder.remaining()
+                };
+                match wire {
+                    Some(n) => SizeHint::with_exact(ahead + n),
+                    None => SizeHint::default(),
+                }
+            }
             ProxyBody::H2c(body) => body.size_hint(),
             ProxyBody::Local(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))

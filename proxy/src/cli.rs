@@ -183,6 +183,19 @@ pub struct Cli {
     #[arg(long, env = "HANDOFF_MAX_BODY", default_value = "10MiB", value_parser = size, value_name = "SIZE", help_heading = "Client limits")]
     pub max_body: u64,
 
+    /// Request bodies up to this size are read whole before a backend
+    /// connection is taken, and sent with Content-Length (like nginx's
+    /// proxy_request_buffering); longer ones stream. Memory only; 0 streams all.
+    #[arg(long, env = "HANDOFF_REQUEST_BUFFER", default_value = "1MiB", value_parser = size, value_name = "SIZE", help_heading = "Client limits")]
+    pub request_buffer: u64,
+
+    /// Response bodies up to this size are read off the backend before the
+    /// client gets them, so a slow reader holds no backend connection (like
+    /// nginx's proxy_buffering); longer ones stream, and so do text/event-stream,
+    /// X-Accel-Buffering: no, gRPC and upgrades. Memory only; 0 streams all.
+    #[arg(long, env = "HANDOFF_RESPONSE_BUFFER", default_value = "64KiB", value_parser = size, value_name = "SIZE", help_heading = "Client limits")]
+    pub response_buffer: u64,
+
     /// Client connections served at once; more wait to be accepted.
     #[arg(
         long,

@@ -33,6 +33,9 @@ pub struct Config {
     pub limits: crate::limits::Limits,
     /// Threads serving client connections (see [`crate::workers`]).
     pub workers: usize,
+    /// How much of each request and response body is read ahead of the
+    /// slower side (see [`crate::buffering`]).
+    pub buffering: crate::buffering::Buffering,
 }
 
 /// `--https` with its certificates and what the plain listener does about it.

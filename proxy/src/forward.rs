@@ -1,6 +1,7 @@
 //! The request path: pick the active generation, forward, stream back.
 
 use crate::body::ProxyBody;
+use crate::buffering::{self, Buffering};
 use crate::drain::{Generation, InFlight};
 use crate::headers;
 use crate::limits::RequestBody;
@@ -12,6 +13,7 @@ use crate::upstream::encode::{self, BodyFraming, Forwarding};
 use crate::upstream::http1::{self, ExchangeError, Head};
 use crate::upstream::{self, Conn, ConnectError, Pinned};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http_body::Body;
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,6 +42,7 @@ pub struct Forwarder {
     pub metrics: &'static Metrics,
     /// This process's name in `Via`; a request already carrying it looped.
     pub via: String,
+    pub buffering: Buffering,
 }
 
 impl Forwarder {
@@ -74,6 +77,15 @@ impl Forwarder {
             // or that forwards to it: forwarding again would loop.
             return local(StatusCode::LOOP_DETECTED, "request loop detected\n");
         }
+        let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
+        // Before routing: a slow body holds no backend connection and
+        // counts on no generation. Boxed, as most requests have no body.
+        if !req.body().is_end_stream() {
+            let read = buffering::request(req, self.buffering.request, upgrade);
+            if let Err(e) = Box::pin(read).await {
+                return body_refused(req.version(), &e);
+            }
+        }
         let Some(in_flight) = self.router.acquire() else {
             return local(StatusCode::SERVICE_UNAVAILABLE, "no backend configured\n");
         };
@@ -84,7 +96,6 @@ impl Forwarder {
             let h2c = crate::forward_h2c::forward(req, client, proto, in_flight, self.metrics);
             return Box::pin(h2c).await;
         }
-        let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
         let framing = BodyFraming::of(req.body());
         let has_body = framing != BodyFraming::Empty;
         let chunked = framing == BodyFraming::Chunked;
@@ -117,17 +128,9 @@ impl Forwarder {
                 tracing::warn!(backend = %generation.addr, error = %e, "upstream failed");
                 return local(StatusCode::BAD_GATEWAY, "upstream unavailable\n");
             }
-            // The client's body, not the backend, failed the exchange. What
-            // is left of it on the connection cannot be trusted to frame a
-            // next request, so the connection closes after this answer.
+            // The client's body, not the backend, failed the exchange.
             Err(SendError::Exchange(ExchangeError::Body(e))) => {
-                let r = crate::limits::body_fault(&e).unwrap_or_else(crate::limits::too_large);
-                let mut resp = local(r.status, r.reason);
-                if req.version() <= Version::HTTP_11 {
-                    resp.headers_mut()
-                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                }
-                return resp;
+                return body_refused(req.version(), &e);
             }
             Err(SendError::Exchange(e)) => {
                 if upstream::is_response_timeout(&e) {
@@ -159,7 +162,11 @@ impl Forwarder {
         // An HTTP/1 client sends its next request only after this response,
         // so the connection waits in its pin; HTTP/2 streams share the pool.
         let home = pinned.cloned();
-        let body = ProxyBody::upstream(conn, Decoder::new(framing), reusable, home, in_flight);
+        let mut body = ProxyBody::upstream(conn, Decoder::new(framing), reusable, home, in_flight);
+        if let ProxyBody::Upstream(upstream) = &mut body {
+            let limit = self.buffering.response;
+            buffering::response(upstream, limit, req.headers(), resp.headers()).await;
+        }
         resp.map(|()| body)
     }
 }
@@ -255,6 +262,19 @@ async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: Conn, in_flight: In
         tracing::debug!(error = %e, "upgraded connection ended");
     }
     drop(in_flight);
+}
+
+/// The answer to a request whose body failed (over the limit, malformed,
+/// cut). What is left of the body on the connection cannot be trusted to
+/// frame a next request, so an HTTP/1 connection closes after it.
+fn body_refused(version: Version, e: &(dyn std::error::Error + 'static)) -> Response<ProxyBody> {
+    let r = crate::limits::body_fault(e).unwrap_or_else(crate::limits::too_large);
+    let mut resp = local(r.status, r.reason);
+    if version <= Version::HTTP_11 {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
 }
 
 pub fn local(status: StatusCode, body: &'static str) -> Response<ProxyBody> {

@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod body;
+pub mod buffering;
 pub mod config;
 pub mod control;
 pub mod deadline;
@@ -19,6 +20,7 @@ pub mod head_scan;
 pub mod headers;
 pub mod histogram;
 pub mod limits;
+pub mod linger;
 pub mod listener;
 pub mod metrics;
 pub mod observe;
@@ -133,6 +135,7 @@ pub async fn run(
         router: Arc::clone(&router),
         metrics,
         via: headers::via_pseudonym(),
+        buffering: config.buffering,
     });
     let workers = Arc::new(workers::Workers::start(config.workers).map_err(ProxyError::Workers)?);
     let (graceful, accept_tasks) = listener::start(

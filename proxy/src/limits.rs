@@ -215,6 +215,8 @@ pub struct RequestBody {
     seen: u64,
     max: u64,
     peeked: Option<Frame<Bytes>>,
+    /// Trailers request buffering read after the data in `peeked`.
+    peeked_trailers: Option<Frame<Bytes>>,
     done: bool,
 }
 
@@ -225,8 +227,18 @@ impl RequestBody {
             seen: 0,
             max,
             peeked: None,
+            peeked_trailers: None,
             done: false,
         }
+    }
+
+    /// Puts back what request buffering read (see [`crate::buffering`]):
+    /// `data`, then `trailers`, then the rest of the client's stream unless
+    /// `ended`.
+    pub fn put_back(&mut self, data: Bytes, trailers: Option<Frame<Bytes>>, ended: bool) {
+        self.peeked = (!data.is_empty()).then(|| Frame::data(data));
+        self.peeked_trailers = trailers;
+        self.done = ended;
     }
 
     /// Reads the first frame now and keeps it for the upstream request.
@@ -254,6 +266,7 @@ impl RequestBody {
             seen: self.seen,
             max: self.max,
             peeked: self.peeked.take(),
+            peeked_trailers: self.peeked_trailers.take(),
             done: std::mem::replace(&mut self.done, true),
         }
     }
@@ -281,6 +294,9 @@ impl Body for RequestBody {
         if let Some(frame) = this.peeked.take() {
             return Poll::Ready(Some(Ok(frame)));
         }
+        if let Some(frame) = this.peeked_trailers.take() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
         let Some(inner) = this.inner.as_mut().filter(|_| !this.done) else {
             return Poll::Ready(None);
         };
@@ -301,10 +317,19 @@ impl Body for RequestBody {
 
     fn is_end_stream(&self) -> bool {
         self.peeked.is_none()
+            && self.peeked_trailers.is_none()
             && (self.done || self.inner.as_ref().is_none_or(Incoming::is_end_stream))
     }
 
     fn size_hint(&self) -> SizeHint {
+        if self.done && self.peeked_trailers.is_none() {
+            let len = self
+                .peeked
+                .as_ref()
+                .and_then(Frame::data_ref)
+                .map_or(0, |d| d.len());
+            return SizeHint::with_exact(len as u64);
+        }
         if self.peeked.is_some() || self.done {
             return SizeHint::default();
         }

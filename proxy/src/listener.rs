@@ -10,6 +10,7 @@
 use crate::body::ProxyBody;
 use crate::forward::{local, ClientConn, Forwarder};
 use crate::limits::{self, BodyError, Limits, Rejection, RequestBody};
+use crate::linger::Linger;
 use crate::wire::{ConnFlags, WireIo};
 use crate::workers::Workers;
 use bytes::Bytes;
@@ -19,6 +20,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -371,7 +373,20 @@ async fn serve_connection<I>(
         .builder
         .serve_connection_with_upgrades(TokioIo::new(io), service)
         .into_owned();
-    if let Err(e) = watcher.watch(http).await {
+    let mut http = std::pin::pin!(watcher.watch(http));
+    let mut linger = Linger::new(
+        &conn.client.pinned,
+        &conn.front.forwarder.router,
+        &conn.flags,
+    );
+    let served = std::future::poll_fn(|cx| {
+        let polled = http.as_mut().poll(cx);
+        if polled.is_pending() {
+            linger.poll(cx);
+        }
+        polled
+    });
+    if let Err(e) = served.await {
         tracing::debug!(error = %e, %peer, "client connection ended");
     }
     if let Some(active) = conn.front.forwarder.router.active() {

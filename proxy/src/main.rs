@@ -63,6 +63,10 @@ fn main() -> Result<()> {
         workers: cli
             .workers
             .map_or_else(handoff_proxy::workers::default_count, usize::from),
+        buffering: handoff_proxy::buffering::Buffering {
+            request: cli.request_buffer,
+            response: cli.response_buffer,
+        },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

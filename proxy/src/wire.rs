@@ -33,6 +33,9 @@ pub struct ConnFlags {
     heads: AtomicU64,
     /// Responses finished (written or abandoned).
     answered: AtomicU64,
+    /// The last write to the client could not be taken: the client reads
+    /// slower than answers come (see [`crate::linger`]).
+    write_blocked: AtomicBool,
 }
 
 impl ConnFlags {
@@ -45,6 +48,12 @@ impl ConnFlags {
     /// A complete head reached the service.
     pub fn head_read(&self) {
         self.heads.fetch_add(1, Relaxed);
+    }
+
+    /// Whether the client's socket took the last write only in part or not
+    /// at all (it is not reading, or reading slowly).
+    pub fn write_blocked(&self) -> bool {
+        self.write_blocked.load(Relaxed)
     }
 
     /// A response is over: what the client sends next is a new head. Not
@@ -100,6 +109,23 @@ impl<I> WireIo<I> {
         }
         let between = heads == self.flags.answered.load(Relaxed);
         self.head.current = between.then_some((heads, None));
+    }
+
+    /// Bytes left, or could not: the idle clock, and whether the client
+    /// keeps up (read only when its connection waits; stored only when it
+    /// changes, so a client that keeps up costs a load per write).
+    fn note_write(&mut self, r: &Poll<io::Result<usize>>) {
+        let blocked = match r {
+            Poll::Ready(Ok(n)) if *n > 0 => {
+                self.idle.moved();
+                false
+            }
+            Poll::Pending => true,
+            _ => return,
+        };
+        if self.flags.write_blocked.load(Relaxed) != blocked {
+            self.flags.write_blocked.store(blocked, Relaxed);
+        }
     }
 
     /// Polled only while a read is pending (see [`Silence`]).
@@ -162,9 +188,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for WireIo<I> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_write(cx, data);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            this.idle.moved();
-        }
+        this.note_write(&r);
         r
     }
 
@@ -175,9 +199,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for WireIo<I> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            this.idle.moved();
-        }
+        this.note_write(&r);
         r
     }
 

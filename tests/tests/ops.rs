@@ -193,6 +193,7 @@ async fn a_bad_config_file_names_the_key_and_line() {
             ":3",
         ),
         ("drain_timeout = \"soon\"\n", "drain-timeout", "soon"),
+        ("response_buffer = \"lots\"\n", "response-buffer", "lots"),
         ("backend = [1, 2\n", "bad.toml", "line 1"),
     ];
     for (text, want1, want2) in cases {

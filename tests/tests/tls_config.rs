@@ -215,6 +215,8 @@ async fn bad_tls_and_limit_flags_stop_startup_naming_the_problem() {
         (&["--redirect-https"], "--redirect-https needs TLS"),
         (&["--max-header-size", "1KiB"], "--max-header-size"),
         (&["--max-body", "ten"], "invalid size"),
+        (&["--request-buffer", "1TiB"], "--request-buffer"),
+        (&["--response-buffer", "64 apples"], "--response-buffer"),
         (&["--max-connections", "0"], "--max-connections"),
         (
             &[

@@ -3,6 +3,7 @@
 pub mod cutover;
 pub mod deploy;
 pub mod seed;
+pub mod slow_clients;
 pub mod steady;
 mod steady_report;
 pub mod switch;

@@ -219,8 +219,15 @@ impl Pinned {
         }
     }
 
+    /// Since when the pinned connection has waited, if one is pinned.
+    pub fn idle_since(&self) -> Option<Instant> {
+        let slot = self.slot.lock().expect("pinned slot poisoned");
+        slot.as_ref().map(|(_, entry)| entry.since)
+    }
+
     /// Hands the pinned connection to its generation's pool when the client
-    /// connection ends, so the next client does not connect anew.
+    /// connection ends (or has gone quiet), so the next client does not
+    /// connect anew.
     pub fn release_to(&self, id: u64, pool: &Pool) {
         let pinned = self.slot.lock().expect("pinned slot poisoned").take();
         if let Some((pinned_id, entry)) = pinned {
