@@ -631,3 +631,38 @@ async fn the_backend_protocol_is_checked_and_survives_a_restart() {
     let err = bad.err().expect("refused");
     assert!(err.contains("spdy"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_backend_silence_and_absence_answer_as_on_http1() {
+    let b = GrpcServer::start("a").await;
+    let p = h2c_proxy(&b, &["--upstream-timeout", "300ms"]).await;
+
+    // No response head within --upstream-timeout: 504, counted as a timeout.
+    let r = request::get(p.http, STALL).await;
+    assert_eq!(r.status, http::StatusCode::GATEWAY_TIMEOUT, "{}", r.body);
+
+    // Silent mid-stream for longer than that: the stream is cut, not held.
+    b.gate.send_replace(false);
+    let mut c = client(&p).await;
+    let mut s = count(&mut c, ask("held", 3)).await;
+    assert!(next(&mut s).await.unwrap().is_some());
+    let cut = next(&mut s).await;
+    assert!(cut.is_err(), "a silent stream ends in an error: {cut:?}");
+    let control = p.client();
+    wait_for(
+        "the cut stream leaves the count",
+        Duration::from_secs(10),
+        async || control.status().await.is_ok_and(|s| s.in_flight == 0),
+    )
+    .await;
+    let metrics = request::get(p.admin.unwrap(), "/metrics").await.body;
+    assert!(
+        metrics.contains(r#"handoff_upstream_errors_total{kind="timeout"} 1"#),
+        "{metrics}"
+    );
+
+    // The backend gone: 502.
+    drop(b);
+    let r = request::get(p.http, SAY).await;
+    assert_eq!(r.status, http::StatusCode::BAD_GATEWAY, "{}", r.body);
+}
