@@ -412,6 +412,19 @@ async fn unary_and_server_streaming_calls_pass_with_grpc_status_in_trailers() {
     let status = p.client().status().await.unwrap();
     assert_eq!(status.protocol, BackendProtocol::H2c);
     assert_eq!(status.in_flight, 0, "{status:?}");
+
+    // Each call has its access-log line once its body is done.
+    let line = format!("path={SAY} status=200");
+    let backend = format!("backend={}", b.addr());
+    wait_for("access-log lines", Duration::from_secs(10), async || {
+        let log = p.log_text();
+        let calls = log.lines().filter(|l| l.contains("handoff::access"));
+        calls
+            .filter(|l| l.contains(&line) && l.contains(&backend) && l.contains("generation=1"))
+            .count()
+            == 2
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
