@@ -42,6 +42,8 @@ pub async fn forward(
         Ok(resp) => {
             let (mut parts, body) = resp.into_parts();
             headers::strip_hop_by_hop(&mut parts.headers, false);
+            // As the HTTP/1.1 path's responses are: hyper's HTTP/1 server
+            // would otherwise log a coercion from HTTP/2 for each one.
             parts.version = Version::HTTP_11;
             let body = ResponseBody::new(body, h2c.settings(), in_flight);
             Response::from_parts(parts, ProxyBody::H2c(Box::new(body)))

@@ -300,3 +300,31 @@ async fn rollback_restores_the_previous_release_and_refuses_without_one() {
     assert_eq!(out.code, 0, "{out}");
     assert_eq!(env.body("/").await, "v2");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backend_protocol_reaches_the_proxy_and_carries_over_to_the_next_deploy() {
+    let Some(env) = stage("protocol").await else {
+        return;
+    };
+    let protocol = async || env.proxy.client().status().await.unwrap().protocol;
+    // Declared h2c (the test app speaks HTTP/1.1, so no traffic is sent
+    // while the proxy is told otherwise; health checks go to the container).
+    env.deploy_ok(&env.images.v1, &["--backend-protocol", "h2c"])
+        .await;
+    assert_eq!(protocol().await, handoff_shared::BackendProtocol::H2c);
+    // Not named again: the app keeps what the live backend speaks.
+    env.deploy_ok(&env.images.v2, &[]).await;
+    assert_eq!(protocol().await, handoff_shared::BackendProtocol::H2c);
+    // Named back to http1, and traffic flows.
+    env.deploy_ok(&env.images.v1, &["--backend-protocol", "http1"])
+        .await;
+    assert_eq!(protocol().await, handoff_shared::BackendProtocol::Http1);
+    assert_eq!(env.body("/").await, "v1");
+    // An unknown protocol is bad usage: exit 1, nothing deployed.
+    let out = env
+        .handoff
+        .deploy(&env.app.name, &env.images.v2, &["--backend-protocol", "h3"])
+        .await;
+    assert_eq!(out.code, 1, "{out}");
+    assert_eq!(env.body("/").await, "v1");
+}

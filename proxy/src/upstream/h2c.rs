@@ -44,7 +44,7 @@ pub enum H2cError {
     /// The backend sent no response head within the upstream timeout.
     #[error("backend sent no response within the upstream timeout")]
     Timeout,
-    #[error("backend stream: {0}")]
+    #[error("backend stream failed")]
     Stream(#[source] hyper::Error),
 }
 
@@ -74,6 +74,11 @@ impl H2Pool {
     /// Sends `req` and waits (bounded by the upstream timeout) for the
     /// response head. A request the connection never took (it was closing)
     /// goes once more on a new connection.
+    ///
+    /// The timeout runs from the send, not from the backend's last sign of
+    /// life: a client-streaming call that uploads for longer than it before
+    /// the backend answers gets 504 (the HTTP/1.1 path restarts its clock
+    /// with every write instead).
     pub async fn send(&self, req: Request<UpstreamBody>) -> Result<Response<Incoming>, H2cError> {
         let (epoch, mut sender) = self.sender(None).await?;
         let timeout = self.settings.response_timeout;

@@ -9,6 +9,9 @@
 //! it can simply keep the upstream connection its last request used, and only
 //! go to the generation's pool when it has none for the active generation
 //! (first request, after a switch, HTTP/2 streams).
+//!
+//! A backend declared `h2c` is reached through [`h2c`] instead: one HTTP/2
+//! connection per generation, multiplexed, on hyper's client.
 
 mod conn;
 pub mod decode;
