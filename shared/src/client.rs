@@ -4,6 +4,7 @@
 //! means a proxy restart between two calls is never seen as a broken pipe.
 
 use crate::api::{ErrorBody, SetBackend, StatusResponse, SwitchResponse};
+use crate::apps::{paths, AppStatus, AppsResponse, PutApp, PutAppResponse, RemoveAppResponse};
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -41,14 +42,36 @@ impl ControlClient {
         &self.path
     }
 
+    /// The default app's backend (`GET /v1/status`).
     pub async fn status(&self) -> Result<StatusResponse, ControlError> {
-        self.call(Method::GET, "/v1/status", None).await
+        self.call(Method::GET, paths::STATUS, None).await
     }
 
-    /// Switches the proxy to `req.addr` and returns once the drain is over.
+    /// Switches the default app to `req.addr` and returns once the drain is over.
     pub async fn set_backend(&self, req: &SetBackend) -> Result<SwitchResponse, ControlError> {
         let body = serde_json::to_vec(req)?;
-        self.call(Method::PUT, "/v1/backend", Some(body)).await
+        self.call(Method::PUT, paths::BACKEND, Some(body)).await
+    }
+
+    /// Every app the proxy routes.
+    pub async fn apps(&self) -> Result<AppsResponse, ControlError> {
+        self.call(Method::GET, paths::APPS, None).await
+    }
+
+    /// One app; `Api` with 404 when there is none of that name.
+    pub async fn app(&self, name: &str) -> Result<AppStatus, ControlError> {
+        self.call(Method::GET, &paths::app(name), None).await
+    }
+
+    /// Creates or updates an app; with a backend, returns once the drain is over.
+    pub async fn put_app(&self, name: &str, req: &PutApp) -> Result<PutAppResponse, ControlError> {
+        let body = serde_json::to_vec(req)?;
+        self.call(Method::PUT, &paths::app(name), Some(body)).await
+    }
+
+    /// Stops routing to an app, waits for its drain, then forgets it.
+    pub async fn remove_app(&self, name: &str) -> Result<RemoveAppResponse, ControlError> {
+        self.call(Method::DELETE, &paths::app(name), None).await
     }
 
     /// Sends any request and returns the raw status and body; for tests and

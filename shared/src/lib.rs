@@ -6,9 +6,11 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod apps;
 pub mod client;
 
 pub use api::*;
+pub use apps::*;
 pub use client::{ControlClient, ControlError};
 
 /// Where both binaries look for the control socket unless told otherwise.
