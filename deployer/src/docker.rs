@@ -5,7 +5,7 @@ use crate::cli::PullPolicy;
 use crate::error::{Failure, Result};
 use crate::output::Output;
 use crate::registry_auth;
-use crate::slots::{ContainerInfo, LABEL_APP};
+use crate::releases::{ContainerInfo, LABEL_APP};
 use bollard::errors::Error as BollardError;
 use bollard::models::{
     ContainerCreateBody, ContainerUpdateBody, HostConfig, PortBinding, RestartPolicy,
@@ -168,15 +168,23 @@ impl Engine {
             Err(e) => return Err(self.err(&format!("inspect container {name}"), e)),
         };
         let state = c.state.unwrap_or_default();
-        let pinned_ports = c
+        let mut pinned = HashMap::new();
+        for (key, bindings) in c
             .host_config
             .and_then(|h| h.port_bindings)
             .unwrap_or_default()
-            .into_values()
-            .flatten()
-            .flatten()
-            .filter_map(|b| b.host_port.and_then(|p| p.parse().ok()))
-            .collect();
+        {
+            let Some(port) = key.strip_suffix("/tcp").and_then(|p| p.parse::<u16>().ok()) else {
+                continue;
+            };
+            let host = bindings
+                .unwrap_or_default()
+                .into_iter()
+                .find_map(|b| b.host_port.and_then(|p| p.parse::<u16>().ok()));
+            if let Some(host) = host {
+                pinned.insert(port, host);
+            }
+        }
         let mut ports = HashMap::new();
         for (key, bindings) in c.network_settings.and_then(|n| n.ports).unwrap_or_default() {
             let Some(port) = key.strip_suffix("/tcp").and_then(|p| p.parse::<u16>().ok()) else {
@@ -207,7 +215,7 @@ impl Engine {
             started_at: state.started_at,
             finished_at: state.finished_at,
             ports,
-            pinned_ports,
+            pinned,
         }))
     }
 
@@ -246,6 +254,31 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// The registry digest (`repo@sha256:...`) of a local image, when it
+    /// came from a registry; locally built images have none.
+    pub async fn image_digest(&self, image: &str) -> Option<String> {
+        let info = self.docker.inspect_image(image).await.ok()?;
+        let digests = info.repo_digests.unwrap_or_default();
+        let (repo, _) = split_reference(image);
+        let repo = repo.split('@').next().unwrap_or_default().to_string();
+        digests
+            .iter()
+            .find(|d| d.split('@').next() == Some(repo.as_str()))
+            .or(digests.first())
+            .cloned()
+    }
+
+    /// Renames a container (a migrated slot, a failed release).
+    pub async fn rename(&self, from: &str, to: &str) -> Result<()> {
+        let opts = bollard::query_parameters::RenameContainerOptionsBuilder::new()
+            .name(to)
+            .build();
+        self.docker
+            .rename_container(from, opts)
+            .await
+            .map_err(|e| self.err(&format!("rename container {from} to {to}"), e))
     }
 
     /// Removes a container, stopping it if needed; a missing one is fine.

@@ -93,7 +93,7 @@ async fn unreachable_engine_exits_3_and_leaves_the_proxy_untouched() {
         (after.backend, after.generation),
         (before.backend, before.generation)
     );
-    assert_eq!(env.app.containers(), vec![env.app.blue()]);
+    assert_eq!(env.app.containers(), vec![env.app.release(1)]);
     assert_eq!(env.body("/").await, "v1");
 }
 
@@ -252,7 +252,7 @@ async fn pinned_host_ports_and_a_taken_port_is_a_docker_error() {
         .deploy_ok(&env.images.v1, &["--host-ports", &pins])
         .await;
     assert_eq!(json["backend"], format!("127.0.0.1:{blue}"));
-    // Someone else holds green's port: the deploy fails before anything changes.
+    // Someone else holds the other port: the deploy fails before anything changes.
     let squatter = std::net::TcpListener::bind(("127.0.0.1", green)).unwrap();
     let out = env
         .handoff
@@ -261,7 +261,7 @@ async fn pinned_host_ports_and_a_taken_port_is_a_docker_error() {
     assert_failed(&out, 3);
     assert_eq!(
         env.app.containers(),
-        vec![env.app.blue()],
+        vec![env.app.release(1)],
         "the container that could not start was left behind"
     );
     assert_eq!(env.body("/").await, "v1");
