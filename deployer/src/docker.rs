@@ -169,11 +169,15 @@ impl Engine {
         };
         let state = c.state.unwrap_or_default();
         let mut pinned = HashMap::new();
-        for (key, bindings) in c
-            .host_config
-            .and_then(|h| h.port_bindings)
-            .unwrap_or_default()
-        {
+        let host_config = c.host_config.unwrap_or_default();
+        // `no` is the policy of a release on trial; it becomes
+        // `unless-stopped` once stable (see `keep_running`).
+        let proven = host_config
+            .restart_policy
+            .as_ref()
+            .and_then(|p| p.name)
+            .is_some_and(|n| n != RestartPolicyNameEnum::NO && n != RestartPolicyNameEnum::EMPTY);
+        for (key, bindings) in host_config.port_bindings.unwrap_or_default() {
             let Some(port) = key.strip_suffix("/tcp").and_then(|p| p.parse::<u16>().ok()) else {
                 continue;
             };
@@ -216,6 +220,7 @@ impl Engine {
             finished_at: state.finished_at,
             ports,
             pinned,
+            proven,
         }))
     }
 

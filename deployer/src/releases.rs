@@ -57,6 +57,10 @@ pub struct ContainerInfo {
     pub ports: HashMap<u16, String>,
     /// Container port → host port it asks for explicitly, even while stopped.
     pub pinned: HashMap<u16, u16>,
+    /// It once passed the readiness rule (its restart policy is no longer
+    /// the trial's `no`). A release whose deploy was killed before that is
+    /// never a default rollback target.
+    pub proven: bool,
 }
 
 impl ContainerInfo {
@@ -192,7 +196,7 @@ impl Releases {
         let live = self.live().map(|c| c.id.clone());
         self.list
             .iter()
-            .find(|c| !c.failed() && Some(&c.id) != live.as_ref())
+            .find(|c| c.proven && !c.failed() && Some(&c.id) != live.as_ref())
     }
 
     /// `--to`: a release number, a container name, an image reference or a
@@ -222,6 +226,8 @@ impl Releases {
             "draining"
         } else if c.failed() {
             "failed"
+        } else if !c.proven {
+            "unproven"
         } else if c.running {
             "running"
         } else {
@@ -230,13 +236,14 @@ impl Releases {
     }
 
     /// Stopped releases beyond the newest `keep`, never one the proxy uses
-    /// and never `spare` (the release just switched away from).
+    /// and never `spare` (the release just switched away from, even with
+    /// `--keep 0`).
     pub fn prunable(&self, keep: usize, spare: &[&str]) -> Vec<&ContainerInfo> {
         self.list
             .iter()
             .filter(|c| !c.running && !c.restarting && !self.in_use(c))
-            .filter(|c| !spare.contains(&c.name.as_str()))
             .skip(keep)
+            .filter(|c| !spare.contains(&c.name.as_str()))
             .collect()
     }
 }
@@ -268,6 +275,7 @@ mod tests {
             running,
             ports,
             pinned: HashMap::from([(8080, port)]),
+            proven: true,
             ..Default::default()
         }
     }
@@ -302,13 +310,20 @@ mod tests {
     fn failed_releases_are_never_rollback_targets() {
         let mut failed = release(3, false, 4003);
         failed.name = "shop-3-failed".into();
-        let list = vec![release(1, false, 4001), release(2, true, 4002), failed];
+        let mut unproven = release(4, true, 4004);
+        unproven.proven = false;
+        let list = vec![
+            release(1, false, 4001),
+            release(2, true, 4002),
+            failed,
+            unproven,
+        ];
         let r = Releases::new(list, Some(&status("127.0.0.1:4002", &[])));
         assert_eq!(r.previous_good().map(|c| c.name.as_str()), Some("shop-1"));
         assert_eq!(r.find("3").map(|c| c.name.as_str()), None);
         assert_eq!(r.find("shop:1").map(|c| c.name.as_str()), Some("shop-1"));
         assert_eq!(r.find("1").map(|c| c.name.as_str()), Some("shop-1"));
-        assert_eq!(r.list[0].release(), Some(3));
+        assert_eq!(r.list[0].release(), Some(4));
     }
 
     #[test]
@@ -322,8 +337,14 @@ mod tests {
             .iter()
             .map(|c| c.name.as_str())
             .collect();
-        // 6 live, 5 spared, 4 and 3 kept, 2 pruned, 1 draining.
-        assert_eq!(names, vec!["shop-2"]);
+        // 6 live, 5 and 4 kept, 3 and 2 pruned, 1 draining.
+        assert_eq!(names, vec!["shop-3", "shop-2"]);
+        let names: Vec<&str> = r
+            .prunable(0, &["shop-5"])
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(names, vec!["shop-4", "shop-3", "shop-2"]);
         assert_eq!(r.role(&r.list[5]), "draining");
     }
 

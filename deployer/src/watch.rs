@@ -89,7 +89,13 @@ impl Cutover<'_> {
             tokio::select! {
                 answer = &mut put, if drain.is_none() => {
                     match self.settle(addr, answer).await {
-                        Ok(result) => drain = Some(result),
+                        Ok(result) => {
+                            if !seen_switched {
+                                seen_switched = true;
+                                faults::hit("after-switch");
+                            }
+                            drain = Some(result);
+                        }
                         Err(WatchEnd::NotSwitched(f)) if !retried => {
                             // A proxy that lost the call before switching
                             // (restarted meanwhile) gets it once more.
