@@ -162,9 +162,13 @@ impl Cutover<'_> {
             ))
         })?;
         self.out.step(format!(
-            "switching the proxy to {} at {addr}; watching it for {}, the previous release keeps running",
+            "switching the proxy to {} at {addr}; watching it for {}{}",
             plan.new,
-            secs(self.switch.watch)
+            secs(self.switch.watch),
+            match plan.old {
+                Some(old) if old.running => format!(", {} keeps running until then", old.name),
+                _ => String::new(),
+            }
         ));
         Ok(addr)
     }

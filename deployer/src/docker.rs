@@ -268,11 +268,11 @@ impl Engine {
         let digests = info.repo_digests.unwrap_or_default();
         let (repo, _) = split_reference(image);
         let repo = repo.split('@').next().unwrap_or_default().to_string();
+        // Only a digest of this very repository: the same image pushed
+        // elsewhere has digests under other names, which it was not pulled as.
         digests
-            .iter()
+            .into_iter()
             .find(|d| d.split('@').next() == Some(repo.as_str()))
-            .or(digests.first())
-            .cloned()
     }
 
     /// Renames a container (a migrated slot, a failed release).

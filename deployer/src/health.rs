@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 /// How often the container's state is looked at between health tries, so a
 /// crash is reported within this, not at the next try or the deadline.
-const STATE_POLL: Duration = Duration::from_millis(250);
+pub const STATE_POLL: Duration = Duration::from_millis(250);
 
 pub struct HealthSettings {
     pub path: String,

@@ -60,6 +60,8 @@ struct Watcher {
     failures_in_a_row: u32,
     checks: u32,
     last: String,
+    /// When the last health check ran; Docker's state is read more often.
+    last_probe: Option<Instant>,
 }
 
 impl Cutover<'_> {
@@ -74,9 +76,12 @@ impl Cutover<'_> {
             failures_in_a_row: 0,
             checks: 0,
             last: "no check yet".into(),
+            last_probe: None,
         };
         let client = health::client(self.switch.health_timeout);
-        let mut tick = tokio::time::interval(self.switch.health_interval);
+        // A crash must end the watch within a fraction of a second, not at
+        // the next health check: Docker's state is read every STATE_POLL.
+        let mut tick = tokio::time::interval(health::STATE_POLL.min(self.switch.health_interval));
         let mut last_logged = Instant::now();
         loop {
             if drain.is_some() && started.elapsed() >= self.switch.watch {
@@ -196,7 +201,6 @@ impl Cutover<'_> {
         client: &reqwest::Client,
         w: &mut Watcher,
     ) -> Option<WatchEnd> {
-        w.checks += 1;
         let info = match self.engine.inspect(plan.new).await {
             Ok(Some(info)) => info,
             Ok(None) => {
@@ -212,19 +216,29 @@ impl Cutover<'_> {
             }
         };
         if !info.running || info.restarting || info.restart_count > plan.restarts_before {
-            let how = if info.running || info.restarting {
-                "restarted"
+            // Once Docker restarted it, the exit code is that of the new
+            // run (0): only the restart count tells the crash.
+            let reason = if info.running || info.restarting {
+                format!(
+                    "it crashed and Docker restarted it ({} restarts)",
+                    info.restart_count - plan.restarts_before
+                )
             } else {
-                "exited"
-            };
-            return Some(WatchEnd::Failed {
-                reason: format!(
-                    "it {how} with exit code {}",
+                format!(
+                    "it exited with exit code {}",
                     info.exit_code.map_or("unknown".into(), |c| c.to_string())
-                ),
-                exit_code: info.exit_code,
-            });
+                )
+            };
+            let exit_code = (!info.running).then_some(info.exit_code).flatten();
+            return Some(WatchEnd::Failed { reason, exit_code });
         }
+        if w.last_probe
+            .is_some_and(|t| t.elapsed() < self.switch.health_interval)
+        {
+            return None;
+        }
+        w.last_probe = Some(Instant::now());
+        w.checks += 1;
         let result = match info.health_addr() {
             Some(a) => health::probe(client, a, plan.health_path).await,
             None => Err("the health port is not published".into()),
