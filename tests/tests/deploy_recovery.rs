@@ -267,3 +267,77 @@ async fn deployer_killed_at_each_step_leaves_a_serving_site_and_the_next_deploy_
     assert_eq!(String::from_utf8_lossy(&running.stdout).lines().count(), 1);
     assert_eq!(env.app.containers().len(), 4, "{:?}", env.app.containers());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_killed_during_the_health_wait_and_restarted_the_deploy_switches_after_all() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let Some(mut env) = stage("proxyhealth").await else {
+        return;
+    };
+    env.deploy_ok(&env.images.v1, &[]).await;
+    let mut cmd = env.handoff.command(&[
+        "deploy",
+        "--json",
+        "--init",
+        "--name",
+        &env.app.name,
+        "--image",
+        &env.images.v2,
+        "--pull",
+        "never",
+        "--health-interval",
+        "200ms",
+        "--healthy-for",
+        "1s",
+        "--watch",
+        "1s",
+    ]);
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    // The health wait has begun: the proxy dies.
+    let next = async |lines: &mut tokio::io::Lines<_>, seen: &mut Vec<String>, what: &str| {
+        tokio::time::timeout(Duration::from_secs(90), async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                let found = line.contains(what);
+                seen.push(line);
+                if found {
+                    return true;
+                }
+            }
+            false
+        })
+        .await
+        .unwrap_or(false)
+    };
+    assert!(
+        next(&mut lines, &mut seen, "to become healthy").await,
+        "{seen:#?}"
+    );
+    env.proxy.kill9();
+    // The deployer finds the proxy gone when it switches, and asks again.
+    assert!(
+        next(&mut lines, &mut seen, "asking the proxy what it routes to").await,
+        "{seen:#?}"
+    );
+    let dir = env.proxy.dir.clone();
+    let restarted = Proxy::start_in(&dir, &[]).await;
+    let _old = std::mem::replace(&mut env.proxy, restarted);
+    while let Some(line) = lines.next_line().await.unwrap() {
+        seen.push(line);
+    }
+    let status = child.wait().await.unwrap();
+    assert_eq!(status.code(), Some(0), "{seen:#?}");
+    assert!(
+        seen.iter().any(|l| l.contains("asking the proxy again")),
+        "{seen:#?}"
+    );
+    assert_eq!(env.body("/").await, "v2");
+    let st = env.handoff.status(&env.app.name).await;
+    assert_eq!(st.code, 0, "{st}");
+    assert_eq!(st.json()["live"]["container"], env.app.release(2).as_str());
+}
