@@ -124,7 +124,18 @@ impl Cutover<'_> {
                     if periodic {
                         last_logged = Instant::now();
                     }
-                    self.out.progress(
+                    let text = if started.elapsed() >= self.switch.watch {
+                        // The watch is over; the switch call still waits for the drain.
+                        format!(
+                            "{} watched for {} ({} checks, {}); waiting for the previous release's \
+                             drain: {} requests in flight",
+                            plan.new,
+                            secs(self.switch.watch),
+                            watcher.checks,
+                            watcher.last,
+                            in_flight.map_or("?".to_string(), |n| n.to_string())
+                        )
+                    } else {
                         format!(
                             "watching {} ({} of {}): {} checks, {}{}",
                             plan.new,
@@ -136,7 +147,10 @@ impl Cutover<'_> {
                                 Some(n) => format!("; previous release draining, {n} requests in flight"),
                                 None => String::new(),
                             }
-                        ),
+                        )
+                    };
+                    self.out.progress(
+                        text,
                         periodic,
                     );
                 }
