@@ -235,16 +235,31 @@ impl Releases {
         }
     }
 
-    /// Stopped releases beyond the newest `keep`, never one the proxy uses
-    /// and never `spare` (the release just switched away from, even with
-    /// `--keep 0`).
+    /// Stopped releases to remove: good ones (proven, not failed) beyond the
+    /// newest `keep`, and failed or unproven ones beyond the newest one (kept
+    /// for its logs), so failed attempts never push a rollback target out.
+    /// Never one the proxy uses, and never `spare` (the release just
+    /// switched away from, even with `--keep 0`).
     pub fn prunable(&self, keep: usize, spare: &[&str]) -> Vec<&ContainerInfo> {
-        self.list
+        let (mut good, mut bad) = (0, 0);
+        let mut out = Vec::new();
+        for c in self
+            .list
             .iter()
             .filter(|c| !c.running && !c.restarting && !self.in_use(c))
-            .skip(keep)
-            .filter(|c| !spare.contains(&c.name.as_str()))
-            .collect()
+        {
+            let beyond = if c.proven && !c.failed() {
+                good += 1;
+                good > keep
+            } else {
+                bad += 1;
+                bad > 1
+            };
+            if beyond && !spare.contains(&c.name.as_str()) {
+                out.push(c);
+            }
+        }
+        out
     }
 }
 
@@ -332,20 +347,28 @@ mod tests {
             .map(|n| release(n, n == 6, 4000 + n as u16))
             .collect();
         let r = Releases::new(list, Some(&status("127.0.0.1:4006", &["127.0.0.1:4001"])));
-        let names: Vec<&str> = r
-            .prunable(2, &["shop-5"])
-            .iter()
-            .map(|c| c.name.as_str())
-            .collect();
+        let names = |v: Vec<&ContainerInfo>| v.iter().map(|c| c.name.clone()).collect::<Vec<_>>();
         // 6 live, 5 and 4 kept, 3 and 2 pruned, 1 draining.
-        assert_eq!(names, vec!["shop-3", "shop-2"]);
-        let names: Vec<&str> = r
-            .prunable(0, &["shop-5"])
-            .iter()
-            .map(|c| c.name.as_str())
-            .collect();
-        assert_eq!(names, vec!["shop-4", "shop-3", "shop-2"]);
+        assert_eq!(names(r.prunable(2, &["shop-5"])), vec!["shop-3", "shop-2"]);
+        assert_eq!(
+            names(r.prunable(0, &["shop-5"])),
+            vec!["shop-4", "shop-3", "shop-2"]
+        );
         assert_eq!(r.role(&r.list[5]), "draining");
+    }
+
+    #[test]
+    fn failed_attempts_do_not_push_rollback_targets_out() {
+        let mut list: Vec<ContainerInfo> = (1..=6)
+            .map(|n| release(n, n == 6, 4000 + n as u16))
+            .collect();
+        for c in &mut list[2..5] {
+            c.name = format!("{}{FAILED_SUFFIX}", c.name);
+        }
+        let r = Releases::new(list, Some(&status("127.0.0.1:4006", &[])));
+        let names: Vec<&str> = r.prunable(2, &[]).iter().map(|c| c.name.as_str()).collect();
+        // 5-failed kept for its logs, 4-failed and 3-failed pruned, 2 and 1 kept.
+        assert_eq!(names, vec!["shop-4-failed", "shop-3-failed"]);
     }
 
     #[test]
