@@ -168,9 +168,15 @@ impl Releases {
     /// The release the proxy routes to, whatever its container's state.
     pub fn live(&self) -> Option<&ContainerInfo> {
         let backend = self.backend.as_deref()?;
-        self.list
+        let mut at = self
+            .list
             .iter()
-            .find(|c| c.backend().as_deref() == Some(backend))
+            .filter(|c| c.backend().as_deref() == Some(backend));
+        // With --host-ports, stopped releases share the live one's port:
+        // the running one is live; otherwise the newest.
+        at.clone()
+            .find(|c| c.running || c.restarting)
+            .or_else(|| at.next())
     }
 
     /// True when the proxy routes to or still drains this release: such a
