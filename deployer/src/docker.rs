@@ -12,8 +12,9 @@ use bollard::models::{
     RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
-    LogsOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder,
+    ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    StopContainerOptionsBuilder,
 };
 use bollard::{Docker, API_DEFAULT_VERSION};
 use futures_util::StreamExt;
@@ -284,6 +285,23 @@ impl Engine {
             .rename_container(from, opts)
             .await
             .map_err(|e| self.err(&format!("rename container {from} to {to}"), e))
+    }
+
+    /// Yields once each time the container's process ends (Docker's `die`
+    /// event: crash, exit, kill), so a watch reacts at once instead of at
+    /// its next poll. Ends when the event stream does (e.g. the engine's
+    /// request timeout); the caller then relies on polling alone.
+    pub fn deaths(&self, name: &str) -> impl futures_util::Stream<Item = ()> + '_ {
+        let filters = HashMap::from([
+            ("type", vec!["container".to_string()]),
+            ("container", vec![name.to_string()]),
+            ("event", vec!["die".to_string()]),
+        ]);
+        let opts = EventsOptionsBuilder::new().filters(&filters).build();
+        self.docker
+            .events(Some(opts))
+            .take_while(|e| std::future::ready(e.is_ok()))
+            .map(|_| ())
     }
 
     /// Removes a container, stopping it if needed; a missing one is fine.

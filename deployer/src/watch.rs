@@ -83,6 +83,9 @@ impl Cutover<'_> {
         // the next health check: Docker's state is read every STATE_POLL.
         let mut tick = tokio::time::interval(health::STATE_POLL.min(self.switch.health_interval));
         let mut last_logged = Instant::now();
+        let deaths = self.engine.deaths(plan.new);
+        tokio::pin!(deaths);
+        let mut deaths_open = true;
         loop {
             if drain.is_some() && started.elapsed() >= self.switch.watch {
                 return WatchEnd::Stable {
@@ -109,6 +112,17 @@ impl Cutover<'_> {
                             put = Box::pin(self.proxy.switch(addr, self.switch.drain_timeout));
                         }
                         Err(end) => return end,
+                    }
+                }
+                death = futures_util::StreamExt::next(&mut deaths), if deaths_open => {
+                    match death {
+                        // It died: read its state now, not at the next tick.
+                        Some(()) => {
+                            if let Some(end) = self.check(plan, &client, &mut watcher).await {
+                                return end;
+                            }
+                        }
+                        None => deaths_open = false,
                     }
                 }
                 _ = tick.tick() => {
