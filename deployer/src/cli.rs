@@ -10,9 +10,15 @@ use std::time::Duration;
 #[command(
     name = "handoff",
     version,
-    about = "Zero-downtime blue/green deploys of one Docker container behind handoff-proxy",
+    // A flag given twice takes the last value, so a wrapper script can
+    // append overrides to its defaults.
+    args_override_self = true,
+    about = "Zero-downtime deploys of one Docker container behind handoff-proxy, one container per release",
     after_help = "Exit codes: 0 deployed; 1 bad usage, config, or refused (lock held, nothing to roll back to);\n\
-        2 new container unhealthy; 3 Docker error; 4 proxy control error;\n\
+        2 new release unhealthy or unstable (refused before the switch, or switched back during the watch);\n\
+        3 Docker or registry error; 4 proxy control error;\n\
+        5 clients are getting errors: `status` found the live backend not answering, or requests were cut\n\
+        after a drain timeout with --fail-on-cut;\n\
         130/143 interrupted (SIGINT/SIGTERM) before the switch, new container removed."
 )]
 pub struct Cli {
@@ -62,12 +68,14 @@ pub struct Global {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Start IMAGE in the idle slot, health-check it, switch the proxy, drain, stop the old one
+    /// Start IMAGE as a new release, wait until it is stable, switch, watch, drain, stop the old one
     Deploy(DeployArgs),
-    /// Switch back to the kept previous container
+    /// Switch back to the previous good release (or --to RELEASE|IMAGE)
     Rollback(RollbackArgs),
-    /// Show both slots, which one is live, and the proxy's view
+    /// Is the live release answering? Exit 5 when clients are getting errors
     Status(StatusArgs),
+    /// List the app's releases, newest first, with image, digest and role
+    Releases(ReleasesArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -101,6 +109,31 @@ pub struct SwitchArgs {
     /// What the app speaks to the proxy: http1, or h2c (HTTP/2 cleartext, e.g. a gRPC server). Default: what the live backend speaks (http1 on a first deploy)
     #[arg(long, env = "HANDOFF_BACKEND_PROTOCOL", value_name = "PROTOCOL")]
     pub backend_protocol: Option<handoff_shared::BackendProtocol>,
+    /// Consecutive good health checks before the switch (readiness rule)
+    #[arg(
+        long,
+        env = "HANDOFF_HEALTH_SUCCESSES",
+        default_value_t = 3,
+        value_name = "N"
+    )]
+    pub health_successes: u32,
+    /// The good checks must span at least this long, with no exit or restart
+    #[arg(long, env = "HANDOFF_HEALTHY_FOR", default_value = "2s", value_parser = parse_duration, value_name = "DUR")]
+    pub healthy_for: Duration,
+    /// After the switch, keep the previous release running and watch the new one this long
+    #[arg(long, env = "HANDOFF_WATCH", default_value = "10s", value_parser = parse_duration, value_name = "DUR")]
+    pub watch: Duration,
+    /// During the watch, this many failed checks in a row switch back
+    #[arg(
+        long,
+        env = "HANDOFF_HEALTH_FAILURES",
+        default_value_t = 3,
+        value_name = "N"
+    )]
+    pub health_failures: u32,
+    /// Exit 5 when a drain timed out and requests were cut when the old release stopped
+    #[arg(long, env = "HANDOFF_FAIL_ON_CUT")]
+    pub fail_on_cut: bool,
 }
 
 #[derive(Debug, Args)]
@@ -108,7 +141,7 @@ pub struct DeployArgs {
     /// Image to deploy, e.g. registry.example.com/shop:1.4.2 (required)
     #[arg(long, env = "HANDOFF_IMAGE", value_name = "IMAGE")]
     pub image: String,
-    /// App name; containers are NAME-blue and NAME-green (required)
+    /// App name; release containers are NAME-1, NAME-2, ... (required)
     #[arg(long, env = "HANDOFF_APP", value_name = "APP")]
     pub name: String,
     /// Port the app listens on inside the container
@@ -130,10 +163,13 @@ pub struct DeployArgs {
         value_name = "PATH"
     )]
     pub health_path: String,
-    /// Pin the 127.0.0.1 host ports of blue and green (default: ephemeral ports)
+    /// Two 127.0.0.1 host ports that releases alternate between (default: a free port each)
     #[arg(long, env = "HANDOFF_HOST_PORTS", value_parser = parse_host_ports,
-          value_name = "BLUE,GREEN")]
+          value_name = "PORT,PORT")]
     pub host_ports: Option<(u16, u16)>,
+    /// Stopped releases kept for rollback (older ones are removed after a deploy)
+    #[arg(long, env = "HANDOFF_KEEP", default_value_t = 3, value_name = "N")]
+    pub keep: usize,
     /// Pull the image: always, missing or never
     #[arg(
         long,
@@ -156,7 +192,7 @@ pub struct DeployArgs {
     /// Run an init process as PID 1 that forwards signals (docker run --init)
     #[arg(long, env = "HANDOFF_INIT")]
     pub init: bool,
-    /// Keep a container that never got healthy (stopped) for debugging
+    /// Keep a release that never got stable (stopped, renamed NAME-N-failed) for debugging
     #[arg(long, env = "HANDOFF_KEEP_FAILED")]
     pub keep_failed: bool,
     #[command(flatten)]
@@ -168,6 +204,9 @@ pub struct RollbackArgs {
     /// App name (required)
     #[arg(long, env = "HANDOFF_APP", value_name = "APP")]
     pub name: String,
+    /// Release number, container name, image or digest (default: the newest good release that is not live)
+    #[arg(long, value_name = "RELEASE|IMAGE")]
+    pub to: Option<String>,
     #[command(flatten)]
     pub switch: SwitchArgs,
 }
@@ -183,8 +222,15 @@ pub struct StatusArgs {
     pub health_timeout: Duration,
 }
 
+#[derive(Debug, Args)]
+pub struct ReleasesArgs {
+    /// App name (required)
+    #[arg(long, env = "HANDOFF_APP", value_name = "APP")]
+    pub name: String,
+}
+
 fn parse_host_ports(text: &str) -> Result<(u16, u16), String> {
-    let bad = || format!("expected two ports BLUE,GREEN such as 8080,8081, got {text:?}");
+    let bad = || format!("expected two ports such as 8080,8081, got {text:?}");
     let (a, b) = text.split_once(',').ok_or_else(bad)?;
     let a: u16 = a.trim().parse().map_err(|_| bad())?;
     let b: u16 = b.trim().parse().map_err(|_| bad())?;

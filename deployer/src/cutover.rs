@@ -1,18 +1,29 @@
-//! The part deploy and rollback share: a started container becomes healthy,
-//! the proxy switches to it and drains, and the old container stops.
+//! The part deploy and rollback share: a started release becomes stable,
+//! the proxy switches to it while the previous release keeps running, the
+//! new one is watched, and only then is the previous one drained and stopped.
+//!
 //! Until the switch nothing a user can see has changed, so every failure
-//! before it leaves the site exactly as it was.
+//! before it leaves the site exactly as it was. After the switch, a release
+//! that fails the watch is switched back from at once. When an answer from
+//! the proxy is lost, what happens next is decided by what `/v1/status` says
+//! now, never by what the lost call was meant to do.
 
 use crate::cli::SwitchArgs;
 use crate::docker::Engine;
 use crate::error::{Failure, Result};
+use crate::faults;
 use crate::health::{self, HealthSettings};
-use crate::output::{ms, secs, Output};
-use crate::proxy::{Proxy, SwitchOutcome};
-use crate::slots::ContainerInfo;
-use serde_json::{json, Map, Value};
+use crate::output::{secs, Output};
+use crate::proxy::Proxy;
+use crate::releases::{ContainerInfo, Releases, FAILED_SUFFIX};
+use crate::report::Report;
+use crate::watch::{DrainResult, WatchEnd};
+use serde_json::json;
 use std::time::{Duration, Instant};
 use tokio::signal::unix::{signal, Signal, SignalKind};
+
+/// How long a lost answer waits for a restarting proxy to answer again.
+pub const PROXY_RESTART_WAIT: Duration = Duration::from_secs(30);
 
 /// Waits for a signal; never completes when the handler could not be set up.
 async fn recv(sig: &mut std::io::Result<Signal>) {
@@ -24,103 +35,31 @@ async fn recv(sig: &mut std::io::Result<Signal>) {
     }
 }
 
-/// Collects what happened, for the summary line and `--json`.
-#[derive(Debug, Default)]
-pub struct Report {
-    pub fields: Map<String, Value>,
-    /// In the order they ran.
-    steps: Vec<(String, u64)>,
-}
-
-impl Report {
-    pub fn set(&mut self, key: &str, value: impl Into<Value>) {
-        self.fields.insert(key.into(), value.into());
-    }
-
-    pub fn step(&mut self, name: &str, took: Duration) {
-        self.steps.push((name.into(), ms(took)));
-    }
-
-    /// The human-readable result of a deploy or rollback that went through.
-    pub fn success_text(&self) -> String {
-        let f = &self.fields;
-        let text = |k: &str| f.get(k).and_then(Value::as_str).unwrap_or("?").to_string();
-        let verb = if text("command") == "rollback" {
-            "rolled back to"
-        } else {
-            "deployed"
-        };
-        let mut lines = vec![format!(
-            "{verb} {}: {} is live at {}",
-            text("image"),
-            text("container"),
-            text("backend")
-        )];
-        if let Some(prev) = f.get("previous").filter(|p| p.is_object()) {
-            lines.push(format!(
-                "previous: {} ({}), stopped and kept for rollback",
-                prev["container"].as_str().unwrap_or("?"),
-                prev["image"].as_str().unwrap_or("?")
-            ));
-        }
-        if let Some(drain) = f.get("drain") {
-            let took = secs(Duration::from_millis(
-                drain["drain_ms"].as_u64().unwrap_or(0),
-            ));
-            lines.push(match drain["drained"].as_bool() {
-                Some(true) => format!("drain: all old requests finished ({took})"),
-                Some(false) => format!(
-                    "drain: timed out after {took} with {} requests in flight",
-                    drain["in_flight"].as_u64().unwrap_or(0)
-                ),
-                None => "drain: result unknown".to_string(),
-            });
-        }
-        let steps: Vec<String> = self
-            .steps
-            .iter()
-            .map(|(k, v)| {
-                format!(
-                    "{} {}",
-                    k.replace('_', " "),
-                    secs(Duration::from_millis(*v))
-                )
-            })
-            .collect();
-        lines.push(format!("steps: {}", steps.join(", ")));
-        lines.join("\n")
-    }
-
-    pub fn into_json(mut self, failure: Option<&Failure>) -> Value {
-        let mut out = Map::new();
-        out.insert("ok".into(), json!(failure.is_none()));
-        out.insert(
-            "exit_code".into(),
-            json!(failure.map_or(0, Failure::exit_code)),
-        );
-        if let Some(f) = failure {
-            out.insert("error".into(), json!(f.to_string()));
-            out.insert("error_kind".into(), json!(f.kind()));
-            if let Failure::Unhealthy {
-                exit_code: Some(code),
-                ..
-            } = f
-            {
-                out.insert("container_exit_code".into(), json!(code));
-            }
-        }
-        out.append(&mut self.fields);
-        let steps = self.steps.into_iter().map(|(k, v)| (k, json!(v))).collect();
-        out.insert("steps_ms".into(), Value::Object(steps));
-        Value::Object(out)
-    }
-}
-
-/// What to do with a container that never became healthy.
+/// What to do with a release that never became stable or failed its watch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnUnhealthy {
+    /// A new release: remove it.
     Remove,
+    /// A new release with `--keep-failed`: stop it and rename it `-failed`.
+    KeepFailed,
+    /// A rollback target: stop it, it stays a kept release.
     Stop,
+}
+
+/// One cutover: which release goes live and what it replaces.
+pub struct Plan<'a> {
+    pub app: &'a str,
+    /// Container name of the release going live (started already).
+    pub new: &'a str,
+    pub health_path: &'a str,
+    pub restarts_before: i64,
+    /// The release the proxy routes to now, whatever its state.
+    pub old: Option<&'a ContainerInfo>,
+    /// Other running releases of the app, stopped once the new one is live.
+    pub strays: Vec<ContainerInfo>,
+    pub on_unhealthy: OnUnhealthy,
+    /// Stopped releases to keep; older ones are removed at the end.
+    pub keep: Option<usize>,
 }
 
 pub struct Cutover<'a> {
@@ -138,169 +77,268 @@ impl Cutover<'_> {
             interval: self.switch.health_interval,
             timeout: self.switch.health_timeout,
             deadline: self.switch.deploy_timeout,
+            successes: self.switch.health_successes.max(1),
+            healthy_for: self.switch.healthy_for,
         }
     }
 
-    /// Runs the cutover to the running container `new`; `old` is the live
-    /// container to stop afterwards, if any.
-    pub async fn run(
-        &self,
-        new: &str,
-        health_path: &str,
-        restarts_before: i64,
-        old: Option<&ContainerInfo>,
-        on_unhealthy: OnUnhealthy,
-        report: &mut Report,
-    ) -> Result<()> {
-        let settings = self.health_settings(health_path, restarts_before);
+    pub async fn run(&self, plan: &Plan<'_>, report: &mut Report) -> Result<()> {
+        let addr = self.become_stable(plan, report).await?;
+        let t = Instant::now();
+        let end = self.switch_and_watch(plan, &addr).await;
+        report.step("switch_and_watch", t.elapsed());
+        let drain = match end {
+            WatchEnd::Stable {
+                drain,
+                checks,
+                watched,
+            } => {
+                report.set("backend", addr.as_str());
+                report.set(
+                    "watch",
+                    json!({"checks": checks, "watched_ms": crate::output::ms(watched)}),
+                );
+                drain
+            }
+            WatchEnd::Failed { reason, exit_code } => {
+                return Err(self
+                    .switch_back(plan, &addr, reason, exit_code, report)
+                    .await);
+            }
+            WatchEnd::NotSwitched(failure) => {
+                self.out.step(format!(
+                    "the proxy did not switch to {}: {failure}",
+                    plan.new
+                ));
+                self.give_up(plan.new, plan.on_unhealthy).await;
+                return Err(failure);
+            }
+            WatchEnd::Unknown(failure) => {
+                self.out.step(format!(
+                    "cannot tell whether the proxy switched to {}: {failure}; \
+                     both releases are left running. Run `handoff status` to see what is live.",
+                    plan.new
+                ));
+                return Err(failure);
+            }
+        };
+        self.retire(plan, drain, report).await
+    }
+
+    /// Health-checks until stable, then sets the restart policy for serving.
+    /// Returns the new release's backend address.
+    async fn become_stable(&self, plan: &Plan<'_>, report: &mut Report) -> Result<String> {
+        let settings = self.health_settings(plan.health_path, plan.restarts_before);
         let t = Instant::now();
         // A cancelled CI job (SIGTERM/SIGINT) before the switch must not leave
-        // a half-deployed container behind. From here on the signals are
-        // caught: after the switch, handoff finishes the drain and the stop.
+        // a half-deployed container behind. From the switch on, handoff
+        // finishes the watch, the drain and the stop, which timeouts bound.
         let mut sigterm = signal(SignalKind::terminate());
         let mut sigint = signal(SignalKind::interrupt());
         let waited = tokio::select! {
-            r = health::wait_healthy(self.engine, new, &settings, self.out) => r,
+            r = health::wait_healthy(self.engine, plan.new, &settings, self.out) => r,
             _ = recv(&mut sigterm) => Err(Failure::Interrupted { signal: "SIGTERM", code: 143 }),
             _ = recv(&mut sigint) => Err(Failure::Interrupted { signal: "SIGINT", code: 130 }),
         };
         report.step("health", t.elapsed());
-        // Healthy: from now on it serves, so it must come back after a crash.
         let ready = match waited {
-            Ok(_) => self.engine.keep_running(new, true).await,
+            Ok(_) => self.engine.keep_running(plan.new, true).await,
             Err(failure) => Err(failure),
         };
         if let Err(failure) = ready {
-            self.give_up(new, on_unhealthy).await;
+            self.give_up(plan.new, plan.on_unhealthy).await;
             return Err(failure);
         }
-
-        let info = self.engine.inspect(new).await?.ok_or_else(|| {
+        let info = self.engine.inspect(plan.new).await?.ok_or_else(|| {
             Failure::Docker(format!(
-                "container {new} disappeared after becoming healthy"
+                "container {} disappeared after becoming healthy",
+                plan.new
             ))
         })?;
-        let addr = info
-            .backend()
-            .ok_or_else(|| {
-                Failure::Docker(format!(
-                    "container {new} has no app port published on 127.0.0.1"
-                ))
-            })?
-            .to_string();
+        let addr = info.backend().ok_or_else(|| {
+            Failure::Docker(format!(
+                "container {} has no app port published on 127.0.0.1",
+                plan.new
+            ))
+        })?;
         self.out.step(format!(
-            "switching the proxy to {new} at {addr} (drain timeout {})",
-            secs(self.switch.drain_timeout)
+            "switching the proxy to {} at {addr}; watching it for {}{}",
+            plan.new,
+            secs(self.switch.watch),
+            match plan.old {
+                Some(old) if old.running => format!(", {} keeps running until then", old.name),
+                _ => String::new(),
+            }
         ));
-        let t = Instant::now();
-        let outcome = match self.switch_showing_drain(&addr).await {
-            Ok(outcome) => outcome,
-            Err(failure) => {
-                self.out
-                    .step(format!("the proxy did not switch: {failure}"));
-                self.give_up(new, on_unhealthy).await;
-                return Err(failure);
-            }
+        Ok(addr)
+    }
+
+    /// The new release failed its watch: back to the previous one, then the
+    /// new one is drained, stopped and marked failed.
+    async fn switch_back(
+        &self,
+        plan: &Plan<'_>,
+        addr: &str,
+        reason: String,
+        exit_code: Option<i64>,
+        report: &mut Report,
+    ) -> Failure {
+        self.out
+            .step(format!("{} failed the watch: {reason}", plan.new));
+        let old = plan.old.filter(|o| o.running && !o.restarting);
+        let Some(old_addr) = old.and_then(ContainerInfo::backend) else {
+            return Failure::Unhealthy {
+                message: format!(
+                    "{} failed the watch ({reason}) and there is no running previous release to \
+                     switch back to; it stays live",
+                    plan.new
+                ),
+                exit_code,
+            };
         };
-        report.step("switch_and_drain", t.elapsed());
-        report.set("backend", addr.as_str());
-        let mut warning = None;
-        match outcome {
-            SwitchOutcome::Switched(resp) => {
-                report.set(
-                    "drain",
-                    json!({"drained": resp.drained, "in_flight": resp.in_flight, "drain_ms": resp.drain_ms,
-                           "generation": resp.generation, "previous": resp.previous}),
-                );
-                if resp.drained {
-                    self.out.step(format!(
-                        "{new} is live; the previous backend drained in {}",
-                        secs(Duration::from_millis(resp.drain_ms))
-                    ));
-                } else {
-                    self.out.step(format!(
-                        "{new} is live; the drain timed out after {} with {} requests still in flight",
-                        secs(Duration::from_millis(resp.drain_ms)),
-                        resp.in_flight
-                    ));
-                }
-            }
-            SwitchOutcome::SwitchedUnconfirmed(failure) => {
-                self.out.step(format!(
-                    "{new} is live, but the drain result was lost: {failure}"
-                ));
-                report.set(
-                    "drain",
-                    json!({"drained": Value::Null, "error": failure.to_string()}),
-                );
-                warning = Some(failure);
-            }
-        }
-
-        if let Some(old) = old {
-            self.out.step(format!(
-                "stopping {} (grace {}), keeping it for rollback",
-                old.name,
-                secs(self.switch.stop_timeout)
+        let old_name = old.map_or("?", |o| o.name.as_str());
+        self.out.step(format!(
+            "switching back to {old_name} at {old_addr}; draining {}",
+            plan.new
+        ));
+        let back = match self
+            .proxy
+            .switch(&old_addr, self.switch.drain_timeout, None)
+            .await
+        {
+            Ok(_) => true,
+            // Lost answer: what the proxy routes to now decides.
+            Err(_) => self
+                .proxy
+                .status_within(PROXY_RESTART_WAIT)
+                .await
+                .is_ok_and(|s| s.backend.as_deref() == Some(old_addr.as_str())),
+        };
+        if !back {
+            return Failure::Proxy(format!(
+                "{} failed the watch ({reason}) and switching back to {old_name} failed; \
+                 run `handoff status --name APP` and `handoff rollback`",
+                plan.new
             ));
-            let t = Instant::now();
-            if let Err(e) = self.engine.stop(&old.name, self.switch.stop_timeout).await {
-                report.step("stop_old", t.elapsed());
-                return Err(Failure::Docker(format!(
-                    "{new} is live, but stopping the old container failed: {e}"
-                )));
-            }
-            report.step("stop_old", t.elapsed());
         }
-        match warning {
-            // The switch happened and the old container was stopped; the
-            // lost answer is still worth a non-zero exit, as the proxy did
-            // not behave.
-            Some(failure) => Err(failure),
-            None => Ok(()),
-        }
-    }
-
-    /// The switch call returns only after the drain, which can take as long
-    /// as the slowest old request; meanwhile, show what is still in flight
-    /// so a long drain does not look like a hang.
-    async fn switch_showing_drain(&self, addr: &str) -> Result<SwitchOutcome> {
-        let switch = self.proxy.switch(
-            addr,
-            self.switch.drain_timeout,
-            self.switch.backend_protocol,
-        );
-        tokio::pin!(switch);
-        let started = Instant::now();
-        let mut last_logged = Instant::now();
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
-        loop {
-            tokio::select! {
-                outcome = &mut switch => return outcome,
-                _ = tick.tick() => {
-                    if started.elapsed() < Duration::from_secs(1) {
-                        continue;
-                    }
-                    let Ok(status) = self.proxy.status().await else { continue };
-                    let in_flight: u64 = status.draining.iter().map(|d| d.in_flight).sum();
-                    let periodic = last_logged.elapsed() >= Duration::from_secs(5);
-                    if periodic {
-                        last_logged = Instant::now();
-                    }
-                    self.out.progress(
-                        format!(
-                            "draining the previous backend ({}): {in_flight} requests still in flight",
-                            secs(started.elapsed())
-                        ),
-                        periodic,
-                    );
-                }
-            }
+        report.set("backend", old_addr.as_str());
+        report.set("switched_back_to", old_name);
+        let _ = addr;
+        // It went live, so its logs are evidence: kept stopped as -failed
+        // (a rollback target stays a plain kept release).
+        let how = match plan.on_unhealthy {
+            OnUnhealthy::Stop => OnUnhealthy::Stop,
+            _ => OnUnhealthy::KeepFailed,
+        };
+        self.give_up(plan.new, how).await;
+        Failure::Unhealthy {
+            message: format!(
+                "{} failed within the watch after the switch ({reason}); switched back to {old_name}, \
+                 which serves again",
+                plan.new
+            ),
+            exit_code,
         }
     }
 
-    /// Prints the container's last logs and removes or stops it.
-    async fn give_up(&self, name: &str, on_unhealthy: OnUnhealthy) {
+    /// After a good watch: the previous release (once drained) and any
+    /// stray running release stop, and old stopped releases beyond `--keep`
+    /// are removed. Nothing the proxy routes to or drains is touched.
+    async fn retire(&self, plan: &Plan<'_>, drain: DrainResult, report: &mut Report) -> Result<()> {
+        report.set("drain", drain.to_json());
+        if let Some(lost) = &drain.lost {
+            self.out.step(format!(
+                "warning: the drain result was lost ({lost}); the proxy routes to {} \
+                 (re-read from /v1/status)",
+                plan.new
+            ));
+        }
+        let mut cut = 0;
+        if let Some(old) = plan.old {
+            cut = self.stop_drained(old, "the previous release", true).await?;
+        }
+        for stray in &plan.strays {
+            cut += self
+                .stop_drained(stray, "a stray running release", false)
+                .await?;
+        }
+        report.set("cut", cut);
+        if let Some(keep) = plan.keep {
+            self.prune(plan, keep).await;
+        }
+        if cut > 0 && self.switch.fail_on_cut {
+            return Err(Failure::ClientsFailing(format!(
+                "{} is live, but {cut} requests were cut when the old release stopped after the \
+                 drain timed out (--fail-on-cut)",
+                plan.new
+            )));
+        }
+        Ok(())
+    }
+
+    /// Waits (bounded by the drain timeout) until the proxy no longer drains
+    /// `c`, then stops it. Returns the requests it still had (cut).
+    async fn stop_drained(&self, c: &ContainerInfo, what: &str, keep_note: bool) -> Result<u64> {
+        let Some(now) = self.engine.inspect(&c.name).await? else {
+            return Ok(0);
+        };
+        if !now.running && !now.restarting {
+            return Ok(0);
+        }
+        let in_flight = match c.backend() {
+            Some(b) => self.proxy.wait_drained(&b, self.switch.drain_timeout).await,
+            None => 0,
+        };
+        faults::hit("during-stop");
+        self.out.step(format!(
+            "stopping {what} {} (grace {}){}{}",
+            c.name,
+            secs(self.switch.stop_timeout),
+            if keep_note {
+                ", keeping it for rollback"
+            } else {
+                ""
+            },
+            if in_flight > 0 {
+                format!("; {in_flight} requests still running there are cut")
+            } else {
+                String::new()
+            }
+        ));
+        self.engine
+            .stop(&c.name, self.switch.stop_timeout)
+            .await
+            .map_err(|e| Failure::Docker(format!("the new release is live, but {e}")))?;
+        Ok(in_flight)
+    }
+
+    /// Removes stopped releases beyond `keep`; failures are only reported.
+    async fn prune(&self, plan: &Plan<'_>, keep: usize) {
+        let (Ok(list), Ok(status)) = (
+            self.engine.app_containers(plan.app).await,
+            self.proxy.status().await,
+        ) else {
+            return;
+        };
+        let releases = Releases::new(list, Some(&status));
+        let spare: Vec<&str> = plan.old.iter().map(|o| o.name.as_str()).collect();
+        for c in releases.prunable(keep, &spare) {
+            if c.name == plan.new {
+                continue;
+            }
+            match self.engine.remove(&c.name).await {
+                Ok(()) => self.out.step(format!(
+                    "removed {} ({}): more than --keep {keep} stopped releases",
+                    c.name,
+                    c.image()
+                )),
+                Err(e) => self.out.step(format!("warning: {e}")),
+            }
+        }
+    }
+
+    /// Prints the release's last logs and removes, stops or marks it failed.
+    pub async fn give_up(&self, name: &str, on_unhealthy: OnUnhealthy) {
         let lines = self.engine.logs_tail(name, 50).await;
         if lines.is_empty() {
             self.out.step(format!("{name} printed no logs"));
@@ -310,67 +348,34 @@ impl Cutover<'_> {
                 &lines,
             );
         }
-        let (doing, result) = match on_unhealthy {
-            OnUnhealthy::Remove => ("removing", self.engine.remove(name).await),
-            OnUnhealthy::Stop => (
-                "stopping",
-                self.engine.stop(name, self.switch.stop_timeout).await,
-            ),
+        let result = match on_unhealthy {
+            OnUnhealthy::Remove => self
+                .engine
+                .remove(name)
+                .await
+                .map(|()| "removed".to_string()),
+            OnUnhealthy::Stop => self
+                .engine
+                .stop(name, self.switch.stop_timeout)
+                .await
+                .map(|()| "stopped".to_string()),
+            OnUnhealthy::KeepFailed => {
+                let failed = format!("{name}{FAILED_SUFFIX}");
+                match self.engine.stop(name, self.switch.stop_timeout).await {
+                    Ok(()) => self
+                        .engine
+                        .rename(name, &failed)
+                        .await
+                        .map(|()| format!("stopped and kept as {failed}")),
+                    Err(e) => Err(e),
+                }
+            }
         };
         match result {
-            Ok(()) => self.out.step(format!(
-                "{doing} {name}; the proxy and the live container are unchanged"
-            )),
-            Err(e) => self.out.step(format!("{doing} {name} failed: {e}")),
+            Ok(done) => self
+                .out
+                .step(format!("{name} {done}; the previous release is untouched")),
+            Err(e) => self.out.step(format!("cleaning up {name} failed: {e}")),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn summaries_for_people_and_scripts() {
-        let mut report = Report::default();
-        report.set("command", "deploy");
-        report.set("image", "shop:2");
-        report.set("container", "shop-green");
-        report.set("backend", "127.0.0.1:4001");
-        report.set(
-            "previous",
-            json!({"container": "shop-blue", "image": "shop:1"}),
-        );
-        report.set(
-            "drain",
-            json!({"drained": false, "in_flight": 2, "drain_ms": 30000}),
-        );
-        report.step("pull", Duration::from_millis(1200));
-        report.step("health", Duration::from_millis(300));
-        let text = report.success_text();
-        assert!(
-            text.starts_with("deployed shop:2: shop-green is live at 127.0.0.1:4001"),
-            "{text}"
-        );
-        assert!(
-            text.contains("previous: shop-blue (shop:1), stopped and kept for rollback"),
-            "{text}"
-        );
-        assert!(
-            text.contains("timed out after 30.0s with 2 requests in flight"),
-            "{text}"
-        );
-        assert!(text.ends_with("steps: pull 1.2s, health 0.3s"), "{text}");
-
-        let failure = Failure::Unhealthy {
-            message: "it crashed".into(),
-            exit_code: Some(3),
-        };
-        let json = report.into_json(Some(&failure));
-        assert_eq!(json["ok"], false);
-        assert_eq!(json["exit_code"], 2);
-        assert_eq!(json["error_kind"], "unhealthy");
-        assert_eq!(json["container_exit_code"], 3);
-        assert_eq!(json["steps_ms"]["pull"], 1200);
     }
 }

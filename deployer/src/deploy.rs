@@ -1,18 +1,21 @@
-//! `handoff deploy`: the new image into the idle slot, then the cutover.
+//! `handoff deploy`: the new image as a new release `APP-<n>`, then the
+//! cutover. Nothing that exists is removed or stopped before the new release
+//! is live and watched.
 
 use crate::cli::{validate_app_name, DeployArgs, Global};
-use crate::cutover::{Cutover, OnUnhealthy, Report};
+use crate::cutover::{Cutover, OnUnhealthy, Plan};
 use crate::docker::{ContainerSpec, Engine};
 use crate::env;
 use crate::error::{Failure, Result};
-use crate::lock;
 use crate::output::{secs, Output};
 use crate::proxy::Proxy;
-use crate::slots::{self, Slot, Slots};
+use crate::releases::{self as rel, ContainerInfo, Releases};
+use crate::report::Report;
+use crate::{faults, lock, migrate};
 use std::collections::HashMap;
 use std::time::{Instant, SystemTime};
 
-fn labels(args: &DeployArgs, slot: Slot) -> Result<HashMap<String, String>> {
+fn labels(args: &DeployArgs, release: u64) -> Result<HashMap<String, String>> {
     let mut labels = HashMap::new();
     for item in &args.label {
         let (k, v) = item
@@ -30,17 +33,17 @@ fn labels(args: &DeployArgs, slot: Slot) -> Result<HashMap<String, String>> {
     }
     let deployed_at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
     for (k, v) in [
-        (slots::LABEL_APP, args.name.clone()),
-        (slots::LABEL_SLOT, slot.as_str().to_string()),
-        (slots::LABEL_IMAGE, args.image.clone()),
-        (slots::LABEL_CONTAINER_PORT, args.container_port.to_string()),
-        (slots::LABEL_HEALTH_PATH, args.health_path.clone()),
-        (slots::LABEL_DEPLOYED_AT, deployed_at),
+        (rel::LABEL_APP, args.name.clone()),
+        (rel::LABEL_RELEASE, release.to_string()),
+        (rel::LABEL_IMAGE, args.image.clone()),
+        (rel::LABEL_CONTAINER_PORT, args.container_port.to_string()),
+        (rel::LABEL_HEALTH_PATH, args.health_path.clone()),
+        (rel::LABEL_DEPLOYED_AT, deployed_at),
     ] {
         labels.insert(k.to_string(), v);
     }
     if let Some(hp) = args.health_port {
-        labels.insert(slots::LABEL_HEALTH_PORT.to_string(), hp.to_string());
+        labels.insert(rel::LABEL_HEALTH_PORT.to_string(), hp.to_string());
     }
     Ok(labels)
 }
@@ -62,7 +65,7 @@ fn validate(args: &DeployArgs) -> Result<()> {
             "container ports must be from 1 to 65535".into(),
         ));
     }
-    labels(args, Slot::Blue)?;
+    labels(args, 1)?;
     if args.switch.health_interval.is_zero() || args.switch.health_timeout.is_zero() {
         return Err(Failure::Usage(
             "--health-interval and --health-timeout must be more than 0".into(),
@@ -102,34 +105,29 @@ pub async fn run(
     let engine = Engine::connect(&global.docker_host, args.switch.stop_timeout).await?;
     let proxy = Proxy::new(&global.control);
     let status = proxy.status().await?;
-    let slots = Slots::from_containers(
-        engine.app_containers(&args.name).await?,
-        status.backend.as_deref(),
-    );
-    if let (None, Some(backend)) = (slots.live, status.backend.as_deref()) {
-        if let Some((other, container)) = engine.other_app_at(backend, &args.name).await? {
-            return Err(Failure::Usage(format!(
-                "the proxy at {} serves app {other} ({container} at {backend}), not {}; \
-                 each app needs its own handoff-proxy and --control socket",
-                global.control.display(),
-                args.name
-            )));
-        }
-    }
-    let target = slots.target();
-    let name = target.container_name(&args.name);
-    let old = slots.live.and_then(|s| slots.get(s)).cloned();
-    report.set("slot", target.as_str());
+    migrate::blue_green(&engine, &args.name, &status, out).await?;
+    let releases = Releases::new(engine.app_containers(&args.name).await?, Some(&status));
+    let old = releases.live().cloned();
+    refuse_foreign_backend(&engine, global, &args.name, old.as_ref(), &status).await?;
+    let number = releases.next_number();
+    let name = rel::container_name(&args.name, number);
+    report.set("release", number);
     report.set("container", name.as_str());
     let previous = old.as_ref().map(
         |o| serde_json::json!({"container": o.name, "image": o.image(), "backend": o.backend()}),
     );
     report.set("previous", previous);
     out.step(format!(
-        "deploying {} as {name}; live now: {}",
+        "deploying {} as release {number} ({name}); live now: {}",
         args.image,
         match (&old, &status.backend) {
-            (Some(o), _) => format!("{} ({}, {})", o.name, o.image(), o.backend().unwrap_or("?")),
+            (Some(o), _) => format!(
+                "{} ({}, {}, {})",
+                o.name,
+                o.image(),
+                o.backend().unwrap_or_default(),
+                o.state_text()
+            ),
             (None, Some(b)) => format!("{b}, not a container of {}", args.name),
             (None, None) => "nothing (first deploy)".into(),
         }
@@ -137,79 +135,43 @@ pub async fn run(
 
     let t = Instant::now();
     engine.ensure_image(&args.image, args.pull, out).await?;
+    let digest = engine.image_digest(&args.image).await;
     report.step("pull", t.elapsed());
+    report.set("digest", digest.clone());
 
-    // A container by that name that handoff did not make is not ours to delete.
-    if let Some(existing) = engine.inspect(&name).await? {
-        if existing.labels.get(slots::LABEL_APP) != Some(&args.name) {
-            return Err(Failure::Usage(format!(
-                "a container named {name} exists but is not managed by handoff for {}; rename or remove it",
-                args.name
-            )));
-        }
-        out.step(format!(
-            "removing the previous {name} ({}, {})",
-            existing.image(),
-            existing.status
-        ));
-        engine.remove(&name).await?;
+    // A container by that name that handoff did not make is not ours to touch.
+    if engine.inspect(&name).await?.is_some() {
+        return Err(Failure::Usage(format!(
+            "a container named {name} exists but is not a release of {}; rename or remove it",
+            args.name
+        )));
     }
-
-    let pinned = args.host_ports.map(|(blue, green)| match target {
-        Slot::Blue => blue,
-        Slot::Green => green,
-    });
+    let mut labels = labels(args, number)?;
+    if let Some(d) = &digest {
+        labels.insert(rel::LABEL_DIGEST.to_string(), d.clone());
+    }
     let env_keys: Vec<String> = env.keys().into_iter().map(|k| format!("{k}=***")).collect();
     let mut spec = ContainerSpec {
         name: name.clone(),
         image: args.image.clone(),
         env: env.entries,
-        labels: labels(args, target)?,
+        labels,
         container_port: args.container_port,
         health_port: args.health_port,
         host_port: 0,
         init: args.init,
     };
-    // The kept container of the other slot needs its port back on rollback.
-    let reserved: Vec<u16> = slots
-        .get(target.other())
-        .map(|c| c.pinned_ports.clone())
-        .unwrap_or_default();
     let t = Instant::now();
-    let mut attempt = 1;
-    loop {
-        // Without pins, handoff still picks a concrete port: Docker keeps an
-        // explicit binding across daemon restarts, while an ephemeral one
-        // would change and leave the proxy's saved backend pointing nowhere.
-        spec.host_port = match pinned {
-            Some(port) => port,
-            None => free_loopback_port(&reserved)?,
-        };
-        match engine.create_and_start(&spec).await {
-            Ok(()) => break,
-            Err(e) => {
-                // A container that was created but could not start (port
-                // taken) must not linger in the slot.
-                let _ = engine.remove(&name).await;
-                let raced = pinned.is_none() && is_port_conflict(&e) && attempt < 5;
-                if !raced {
-                    return Err(e);
-                }
-                out.step(format!(
-                    "port {} was taken meanwhile; picking another",
-                    spec.host_port
-                ));
-                attempt += 1;
-            }
-        }
-    }
+    start_release(&engine, &mut spec, args, &releases, old.as_ref(), out).await?;
     report.step("start", t.elapsed());
+    faults::hit("after-start");
     if let Some(info) = engine.inspect(&name).await? {
-        let ports: Vec<String> = info
+        let mut ports: Vec<String> = info
             .ports
             .iter()
             .map(|(c, h)| format!("{h}->{c}"))
             .collect();
+        ports.sort();
         out.step(format!(
             "started {name} ({}), ports {}, env {}",
             short_id(&info.id),
@@ -228,21 +190,27 @@ pub async fn run(
         out,
         switch: &args.switch,
     };
-    let on_unhealthy = if args.keep_failed {
-        OnUnhealthy::Stop
-    } else {
-        OnUnhealthy::Remove
+    let strays = releases
+        .list
+        .iter()
+        .filter(|c| (c.running || c.restarting) && Some(&c.id) != old.as_ref().map(|o| &o.id))
+        .cloned()
+        .collect();
+    let plan = Plan {
+        app: &args.name,
+        new: &name,
+        health_path: &args.health_path,
+        restarts_before: 0,
+        old: old.as_ref(),
+        strays,
+        on_unhealthy: if args.keep_failed {
+            OnUnhealthy::KeepFailed
+        } else {
+            OnUnhealthy::Remove
+        },
+        keep: Some(args.keep),
     };
-    cutover
-        .run(
-            &name,
-            &args.health_path,
-            0,
-            old.as_ref(),
-            on_unhealthy,
-            report,
-        )
-        .await?;
+    cutover.run(&plan, report).await?;
     report.step("total", started.elapsed());
     out.step(format!(
         "deployed {} as {name} in {}",
@@ -250,6 +218,79 @@ pub async fn run(
         secs(started.elapsed())
     ));
     Ok(())
+}
+
+/// A proxy whose backend is a container of another handoff app is not
+/// switched to this one: one proxy and control socket per app.
+async fn refuse_foreign_backend(
+    engine: &Engine,
+    global: &Global,
+    app: &str,
+    live: Option<&ContainerInfo>,
+    status: &handoff_shared::StatusResponse,
+) -> Result<()> {
+    let (None, Some(backend)) = (live, status.backend.as_deref()) else {
+        return Ok(());
+    };
+    if let Some((other, container)) = engine.other_app_at(backend, app).await? {
+        return Err(Failure::Usage(format!(
+            "the proxy at {} serves app {other} ({container} at {backend}), not {app}; \
+             each app needs its own handoff-proxy and --control socket",
+            global.control.display(),
+        )));
+    }
+    Ok(())
+}
+
+/// Creates and starts the release on a concrete 127.0.0.1 port: one of the
+/// two `--host-ports` (the one the live release does not use), or a free
+/// port that no kept release has pinned (it needs its port back on rollback).
+async fn start_release(
+    engine: &Engine,
+    spec: &mut ContainerSpec,
+    args: &DeployArgs,
+    releases: &Releases,
+    live: Option<&ContainerInfo>,
+    out: &Output,
+) -> Result<()> {
+    let live_port = live
+        .and_then(|l| l.container_port().and_then(|p| l.pinned.get(&p)))
+        .copied();
+    let pinned = args
+        .host_ports
+        .map(|(a, b)| if live_port == Some(a) { b } else { a });
+    let reserved: Vec<u16> = releases
+        .list
+        .iter()
+        .flat_map(|c| c.pinned.values().copied())
+        .collect();
+    let mut attempt = 1;
+    loop {
+        // Without pins, handoff still picks a concrete port: Docker keeps an
+        // explicit binding across daemon restarts, while an ephemeral one
+        // would change and leave the proxy's saved backend pointing nowhere.
+        spec.host_port = match pinned {
+            Some(port) => port,
+            None => free_loopback_port(&reserved)?,
+        };
+        match engine.create_and_start(spec).await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                // A container that was created but could not start (port
+                // taken) must not linger.
+                let _ = engine.remove(&spec.name).await;
+                let raced = pinned.is_none() && is_port_conflict(&e) && attempt < 5;
+                if !raced {
+                    return Err(e);
+                }
+                out.step(format!(
+                    "port {} was taken meanwhile; picking another",
+                    spec.host_port
+                ));
+                attempt += 1;
+            }
+        }
+    }
 }
 
 /// A port on 127.0.0.1 that is free right now. Another process may take it

@@ -5,15 +5,16 @@ use crate::cli::PullPolicy;
 use crate::error::{Failure, Result};
 use crate::output::Output;
 use crate::registry_auth;
-use crate::slots::{ContainerInfo, LABEL_APP};
+use crate::releases::{ContainerInfo, LABEL_APP};
 use bollard::errors::Error as BollardError;
 use bollard::models::{
     ContainerCreateBody, ContainerUpdateBody, HostConfig, PortBinding, RestartPolicy,
     RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
-    LogsOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder,
+    ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    StopContainerOptionsBuilder,
 };
 use bollard::{Docker, API_DEFAULT_VERSION};
 use futures_util::StreamExt;
@@ -168,15 +169,27 @@ impl Engine {
             Err(e) => return Err(self.err(&format!("inspect container {name}"), e)),
         };
         let state = c.state.unwrap_or_default();
-        let pinned_ports = c
-            .host_config
-            .and_then(|h| h.port_bindings)
-            .unwrap_or_default()
-            .into_values()
-            .flatten()
-            .flatten()
-            .filter_map(|b| b.host_port.and_then(|p| p.parse().ok()))
-            .collect();
+        let mut pinned = HashMap::new();
+        let host_config = c.host_config.unwrap_or_default();
+        // `no` is the policy of a release on trial; it becomes
+        // `unless-stopped` once stable (see `keep_running`).
+        let proven = host_config
+            .restart_policy
+            .as_ref()
+            .and_then(|p| p.name)
+            .is_some_and(|n| n != RestartPolicyNameEnum::NO && n != RestartPolicyNameEnum::EMPTY);
+        for (key, bindings) in host_config.port_bindings.unwrap_or_default() {
+            let Some(port) = key.strip_suffix("/tcp").and_then(|p| p.parse::<u16>().ok()) else {
+                continue;
+            };
+            let host = bindings
+                .unwrap_or_default()
+                .into_iter()
+                .find_map(|b| b.host_port.and_then(|p| p.parse::<u16>().ok()));
+            if let Some(host) = host {
+                pinned.insert(port, host);
+            }
+        }
         let mut ports = HashMap::new();
         for (key, bindings) in c.network_settings.and_then(|n| n.ports).unwrap_or_default() {
             let Some(port) = key.strip_suffix("/tcp").and_then(|p| p.parse::<u16>().ok()) else {
@@ -207,7 +220,8 @@ impl Engine {
             started_at: state.started_at,
             finished_at: state.finished_at,
             ports,
-            pinned_ports,
+            pinned,
+            proven,
         }))
     }
 
@@ -246,6 +260,48 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// The registry digest (`repo@sha256:...`) of a local image, when it
+    /// came from a registry; locally built images have none.
+    pub async fn image_digest(&self, image: &str) -> Option<String> {
+        let info = self.docker.inspect_image(image).await.ok()?;
+        let digests = info.repo_digests.unwrap_or_default();
+        let (repo, _) = split_reference(image);
+        let repo = repo.split('@').next().unwrap_or_default().to_string();
+        // Only a digest of this very repository: the same image pushed
+        // elsewhere has digests under other names, which it was not pulled as.
+        digests
+            .into_iter()
+            .find(|d| d.split('@').next() == Some(repo.as_str()))
+    }
+
+    /// Renames a container (a migrated slot, a failed release).
+    pub async fn rename(&self, from: &str, to: &str) -> Result<()> {
+        let opts = bollard::query_parameters::RenameContainerOptionsBuilder::new()
+            .name(to)
+            .build();
+        self.docker
+            .rename_container(from, opts)
+            .await
+            .map_err(|e| self.err(&format!("rename container {from} to {to}"), e))
+    }
+
+    /// Yields once each time the container's process ends (Docker's `die`
+    /// event: crash, exit, kill), so a watch reacts at once instead of at
+    /// its next poll. Ends when the event stream does (e.g. the engine's
+    /// request timeout); the caller then relies on polling alone.
+    pub fn deaths(&self, name: &str) -> impl futures_util::Stream<Item = ()> + '_ {
+        let filters = HashMap::from([
+            ("type", vec!["container".to_string()]),
+            ("container", vec![name.to_string()]),
+            ("event", vec!["die".to_string()]),
+        ]);
+        let opts = EventsOptionsBuilder::new().filters(&filters).build();
+        self.docker
+            .events(Some(opts))
+            .take_while(|e| std::future::ready(e.is_ok()))
+            .map(|_| ())
     }
 
     /// Removes a container, stopping it if needed; a missing one is fine.

@@ -23,20 +23,39 @@ impl ContainerEnv {
     }
 }
 
-fn check_key(key: &str, origin: &dyn Fn() -> String) -> Result<()> {
-    let ok = !key.is_empty()
+/// A key given with a value: anything docker accepts (no whitespace, `=`
+/// or NUL, not starting with a digit).
+fn key_ok(key: &str) -> bool {
+    !key.is_empty()
         && !key
             .bytes()
             .any(|b| b.is_ascii_whitespace() || b == b'=' || b == 0)
-        && !key.as_bytes()[0].is_ascii_digit();
-    if ok {
-        Ok(())
-    } else {
-        Err(Failure::Usage(format!(
-            "{}: invalid variable name {key:?}",
-            origin()
-        )))
+        && !key.as_bytes()[0].is_ascii_digit()
+}
+
+/// A bare line or `-e NAME` passes handoff's own variable through, as
+/// docker's `--env-file` does; it must then look like a variable name
+/// (`[A-Za-z_][A-Za-z0-9_.-]*`). Anything else (`Top$ecret!Pw`) is more
+/// likely a secret pasted on the wrong line than a name.
+fn bare_name_ok(key: &str) -> bool {
+    let mut bytes = key.bytes();
+    bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
+}
+
+/// The error never quotes the text: it may be a secret.
+fn check_key(key: &str, bare: bool, origin: &dyn Fn() -> String) -> Result<()> {
+    if key_ok(key) && (!bare || bare_name_ok(key)) {
+        return Ok(());
     }
+    let what = if bare {
+        "is neither KEY=VALUE nor a valid variable name (text not shown: it may be a secret)"
+    } else {
+        "has an invalid variable name before '=' (text not shown: it may be a secret)"
+    };
+    Err(Failure::Usage(format!("{} {what}", origin())))
 }
 
 /// Resolves one `KEY=VALUE` or `KEY` item. `lookup` reads handoff's own
@@ -51,7 +70,7 @@ fn resolve(
         Some((k, v)) => (k, Some(v.to_string())),
         None => (item, None),
     };
-    check_key(key, origin)?;
+    check_key(key, value.is_none(), origin)?;
     let value = match value {
         Some(v) => v,
         None => match lookup(key) {
@@ -139,6 +158,20 @@ mod tests {
             err.contains("-e argument #1") && !err.contains("supersecret"),
             "{err}"
         );
+        // A bare line that is not a name: an error naming file and line,
+        // never the text (issue 13, case 8).
+        std::fs::write(&file, "OK=1\nTop$ecret!Pw\n").unwrap();
+        let err = build(std::slice::from_ref(&file), &[], &lookup)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("app.env line 2") && !err.contains("Top$") && !err.contains("!Pw"),
+            "{err}"
+        );
+        // Bare valid names still pass through.
+        std::fs::write(&file, "FROM_HOST\nMISSING\n").unwrap();
+        let env = build(std::slice::from_ref(&file), &[], &lookup).unwrap();
+        assert_eq!(env.entries, vec!["FROM_HOST=host-value"]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -21,6 +21,10 @@ pub enum Failure {
     /// The proxy's control socket is unreachable or refused the switch.
     #[error("{0}")]
     Proxy(String),
+    /// Clients are getting errors: the live backend is not answering
+    /// (`status`), or a drain timed out and `--fail-on-cut` was given.
+    #[error("{0}")]
+    ClientsFailing(String),
     /// Stopped by a signal before the switch; the new container was removed.
     #[error(
         "interrupted by {signal} before the switch; the proxy and the live container are unchanged"
@@ -35,6 +39,7 @@ impl Failure {
             Failure::Unhealthy { .. } => 2,
             Failure::Docker(_) => 3,
             Failure::Proxy(_) => 4,
+            Failure::ClientsFailing(_) => 5,
             Failure::Interrupted { code, .. } => *code,
         }
     }
@@ -45,6 +50,7 @@ impl Failure {
             Failure::Unhealthy { .. } => "unhealthy",
             Failure::Docker(_) => "docker",
             Failure::Proxy(_) => "proxy",
+            Failure::ClientsFailing(_) => "clients_failing",
             Failure::Interrupted { .. } => "interrupted",
         }
     }

@@ -1,5 +1,14 @@
 //! Waiting for a new container to become healthy, and noticing at once when
 //! it never will (it exited or is being restarted).
+//!
+//! The readiness rule: healthy means *stable*, not "answered once". An app
+//! that listens at once and crashes a second later used to pass its first
+//! check and go live. Now it must pass `successes` consecutive checks spread
+//! over at least `healthy_for`, while Docker reports it running with no
+//! restart in between (the same idea as Kubernetes' `successThreshold` and
+//! HAProxy's `rise`, with a minimum duration so a fast check interval cannot
+//! squeeze the window to nothing). A failed check resets the streak; an exit
+//! or restart fails the wait at once.
 
 use crate::docker::Engine;
 use crate::error::{Failure, Result};
@@ -8,13 +17,17 @@ use std::time::{Duration, Instant};
 
 /// How often the container's state is looked at between health tries, so a
 /// crash is reported within this, not at the next try or the deadline.
-const STATE_POLL: Duration = Duration::from_millis(250);
+pub const STATE_POLL: Duration = Duration::from_millis(250);
 
 pub struct HealthSettings {
     pub path: String,
     pub interval: Duration,
     pub timeout: Duration,
     pub deadline: Duration,
+    /// Consecutive successful checks needed.
+    pub successes: u32,
+    /// The streak must span at least this long.
+    pub healthy_for: Duration,
     /// The container's restart count when the wait began; any increase
     /// means it crashed.
     pub restarts_before: i64,
@@ -96,12 +109,15 @@ fn short_error(e: &reqwest::Error) -> String {
     }
 }
 
-fn waiting(container: &str, started: Instant, last: &str) -> String {
+fn waiting(container: &str, started: Instant, tries: u32, streak: u32, last: &str) -> String {
     format!(
-        "waiting for {container} to become healthy ({}): {last}",
+        "waiting for {container} to become healthy ({}, {tries} tries, {streak} in a row): {last}",
         secs(started.elapsed())
     )
 }
+
+/// In CI (no terminal) a waiting step prints a plain line at least this often.
+pub const LOG_EVERY: Duration = Duration::from_secs(5);
 
 /// Polls until healthy, the deadline, or the container stops running.
 /// Returns how long it took.
@@ -116,7 +132,11 @@ pub async fn wait_healthy(
     let mut next_try = Instant::now();
     let mut last = String::from("no answer yet");
     let mut last_logged = Instant::now();
+    let mut shown = String::new();
     let mut tries = 0u32;
+    // Consecutive successes and when the first of them answered.
+    let mut streak = 0u32;
+    let mut streak_since = Instant::now();
     loop {
         let info = engine
             .inspect(container)
@@ -134,9 +154,14 @@ pub async fn wait_healthy(
             } else {
                 "exited"
             };
+            let when = if streak > 0 {
+                format!("after {streak} good checks, before it was stable")
+            } else {
+                "before becoming healthy".to_string()
+            };
             return Err(Failure::Unhealthy {
                 message: format!(
-                    "container {container} {how} after {} with exit code {} before becoming healthy",
+                    "container {container} {how} after {} with exit code {} {when}",
                     secs(started.elapsed()),
                     code.map_or("unknown".into(), |c| c.to_string())
                 ),
@@ -152,29 +177,51 @@ pub async fn wait_healthy(
             };
             match result {
                 Ok(answer) => {
-                    out.step(format!(
-                        "{container} is healthy ({answer} on {}) after {} and {tries} tries",
-                        settings.path,
-                        secs(started.elapsed())
-                    ));
-                    return Ok(started.elapsed());
+                    if streak == 0 {
+                        streak_since = Instant::now();
+                        crate::faults::hit("after-first-health");
+                    }
+                    streak += 1;
+                    let stable_for = streak_since.elapsed();
+                    if streak >= settings.successes && stable_for >= settings.healthy_for {
+                        out.step(format!(
+                            "{container} is healthy ({answer} on {}, {streak} in a row over {}, \
+                             no restart) after {} and {tries} tries",
+                            settings.path,
+                            secs(stable_for),
+                            secs(started.elapsed())
+                        ));
+                        return Ok(started.elapsed());
+                    }
+                    // Spread the remaining checks over what is left of the window.
+                    let left = settings.healthy_for.saturating_sub(stable_for);
+                    let needed = settings.successes.saturating_sub(streak).max(1);
+                    next_try = Instant::now() + (left / needed).min(settings.interval);
+                    last = format!("{answer}, stable for {}", secs(stable_for));
                 }
                 Err(why) => {
-                    // In CI, a line when the reason changes and every 10 s.
-                    let changed = why != last;
-                    let periodic = last_logged.elapsed() >= Duration::from_secs(10);
-                    if changed || periodic {
-                        last_logged = Instant::now();
-                    }
+                    streak = 0;
                     last = why;
-                    out.progress(waiting(container, started, &last), changed || periodic);
                 }
             }
-        } else if tries > 0 {
-            // On a terminal, the elapsed time keeps moving between tries.
-            out.progress(waiting(container, started, &last), false);
+        }
+        if tries > 0 {
+            // A line when the answer changes and at least every LOG_EVERY in
+            // CI; on a terminal the line is redrawn in place.
+            let text = waiting(container, started, tries, streak, &last);
+            let changed = text_changed(&mut shown, &last);
+            let periodic = last_logged.elapsed() >= LOG_EVERY;
+            if changed || periodic {
+                last_logged = Instant::now();
+            }
+            out.progress(text, changed || periodic);
         }
         if started.elapsed() >= settings.deadline {
+            let last = if streak > 0 {
+                format!("{last}; {streak} in a row, not yet stable")
+            } else {
+                last
+            };
             return Err(Failure::Unhealthy {
                 message: format!(
                     "container {container} did not become healthy within {} ({tries} tries; last: {last})",
@@ -193,6 +240,17 @@ pub async fn wait_healthy(
         )
         .await;
     }
+}
+
+/// True when the reason differs from the one last printed (ignoring the
+/// "stable for" time, which changes on every success).
+fn text_changed(shown: &mut String, last: &str) -> bool {
+    let key = last.split(", stable for").next().unwrap_or(last);
+    if key == shown {
+        return false;
+    }
+    *shown = key.to_string();
+    true
 }
 
 #[cfg(test)]

@@ -12,19 +12,23 @@ mod deploy;
 mod docker;
 mod env;
 mod error;
+mod faults;
 mod health;
 mod lock;
+mod migrate;
 mod output;
 mod proxy;
 mod registry_auth;
+mod releases;
+mod report;
 mod rollback;
-mod slots;
 mod status;
+mod watch;
 
 use clap::Parser;
 use cli::{Cli, Command};
-use cutover::Report;
 use output::Output;
+use report::Report;
 
 fn main() {
     let cli = match Cli::try_parse() {
@@ -90,6 +94,7 @@ fn main() {
             Command::Deploy(args) => deploy::run(&cli.global, args, &out, &mut report).await,
             Command::Rollback(args) => rollback::run(&cli.global, args, &out, &mut report).await,
             Command::Status(args) => status::run(&cli.global, args, &out, &mut report).await,
+            Command::Releases(args) => status::releases(&cli.global, args, &out, &mut report).await,
         }
     });
     let code = match &result {
@@ -99,7 +104,7 @@ fn main() {
             failure.exit_code()
         }
     };
-    if !matches!(cli.command, Command::Status(_)) {
+    if !matches!(cli.command, Command::Status(_) | Command::Releases(_)) {
         let verdict = match &result {
             Ok(()) => report.success_text(),
             Err(f) => format!("FAILED (exit {}): {f}", f.exit_code()),

@@ -5,6 +5,11 @@
 //! Reads `$DOCKER_CONFIG/config.json` (or `~/.docker/config.json`): a
 //! credential helper for the registry (`credHelpers`, then `credsStore`) and
 //! otherwise the inline `auths` entry. Nothing found means an anonymous pull.
+//!
+//! `HANDOFF_REGISTRY_USER` and `HANDOFF_REGISTRY_PASSWORD`, when both are
+//! set, come first: a CI job can hand over its registry secret through the
+//! environment without writing a Docker config on the host. The password is
+//! never printed.
 
 use base64::Engine as _;
 use bollard::auth::DockerCredentials;
@@ -138,8 +143,32 @@ fn from_config(config: &ConfigFile, registry: &str) -> Option<DockerCredentials>
     Some(creds)
 }
 
-/// Credentials for pulling `image`, if the Docker config has any.
+pub const USER_ENV: &str = "HANDOFF_REGISTRY_USER";
+pub const PASSWORD_ENV: &str = "HANDOFF_REGISTRY_PASSWORD";
+
+/// Credentials from `HANDOFF_REGISTRY_USER` / `HANDOFF_REGISTRY_PASSWORD`.
+fn from_env(image: &str) -> Option<DockerCredentials> {
+    let user = std::env::var(USER_ENV).ok().filter(|u| !u.is_empty())?;
+    let password = std::env::var(PASSWORD_ENV).ok()?;
+    let registry = registry_of(image);
+    Some(DockerCredentials {
+        username: Some(user),
+        password: Some(password),
+        serveraddress: Some(if is_hub(&registry) {
+            DOCKER_HUB.to_string()
+        } else {
+            registry
+        }),
+        ..Default::default()
+    })
+}
+
+/// Credentials for pulling `image`: from the environment, else from the
+/// Docker config, else none.
 pub fn credentials_for(image: &str) -> Option<DockerCredentials> {
+    if let Some(creds) = from_env(image) {
+        return Some(creds);
+    }
     let dir = std::env::var_os("DOCKER_CONFIG")
         .map(std::path::PathBuf::from)
         .or_else(|| {

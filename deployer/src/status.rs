@@ -1,16 +1,81 @@
-//! `handoff status`: both slots, which is live, and the proxy's own view.
-//! Read-only: takes no lock and changes nothing.
+//! `handoff status` and `handoff releases`: read-only, no lock, change nothing.
+//!
+//! `status` tells the truth about what clients get: it asks the proxy what
+//! it routes to, looks at that container's state (running, restarts, exit
+//! code) and probes it. When the live backend is not answering it exits 5
+//! with one line saying clients are getting errors and the command to fix
+//! it; `--json` carries the same facts.
 
-use crate::cli::{validate_app_name, Global, StatusArgs};
-use crate::cutover::Report;
+use crate::cli::{validate_app_name, Global, ReleasesArgs, StatusArgs};
 use crate::docker::Engine;
 use crate::error::{Failure, Result};
 use crate::health;
 use crate::output::Output;
 use crate::proxy::Proxy;
-use crate::slots::{Slot, Slots};
+use crate::releases::{ContainerInfo, Releases, LABEL_DEPLOYED_AT};
+use crate::report::Report;
 use serde_json::{json, Value};
 use std::time::Duration;
+
+fn row(releases: &Releases, c: &ContainerInfo) -> (String, Value) {
+    let role = releases.role(c);
+    let text = format!(
+        "  {:>4} {:<9} {}  image {}{}  {}  backend {}  deployed {}",
+        c.release().map_or("?".into(), |n| n.to_string()),
+        role,
+        c.name,
+        c.image(),
+        c.digest().map_or(String::new(), |d| format!(" ({d})")),
+        c.state_text(),
+        c.backend().unwrap_or_else(|| "-".into()),
+        c.labels.get(LABEL_DEPLOYED_AT).map_or("?", String::as_str),
+    );
+    let value = json!({
+        "release": c.release(),
+        "container": c.name,
+        "id": c.id,
+        "role": role,
+        "image": c.image(),
+        "digest": c.digest(),
+        "state": c.status,
+        "running": c.running,
+        "restarting": c.restarting,
+        "restart_count": c.restart_count,
+        "exit_code": c.exit_code,
+        "backend": c.backend(),
+        "deployed_at": c.labels.get(LABEL_DEPLOYED_AT),
+        "started_at": c.started_at,
+        "finished_at": c.finished_at,
+    });
+    (text, value)
+}
+
+pub async fn releases(
+    global: &Global,
+    args: &ReleasesArgs,
+    out: &Output,
+    report: &mut Report,
+) -> Result<()> {
+    report.set("command", "releases");
+    report.set("app", args.name.as_str());
+    validate_app_name(&args.name).map_err(Failure::Usage)?;
+    let engine = Engine::connect(&global.docker_host, Duration::from_secs(10)).await?;
+    let status = Proxy::new(&global.control).status().await.ok();
+    let releases = Releases::new(engine.app_containers(&args.name).await?, status.as_ref());
+    let mut text = vec![format!("releases of {}, newest first:", args.name)];
+    let mut values = Vec::new();
+    for c in &releases.list {
+        let (t, v) = row(&releases, c);
+        text.push(t);
+        values.push(v);
+    }
+    if releases.list.is_empty() {
+        text.push("  none".into());
+    }
+    report.set("releases", Value::Array(values));
+    out.result_text(&text.join("\n"));
+    Ok(())
+}
 
 pub async fn run(
     global: &Global,
@@ -23,11 +88,12 @@ pub async fn run(
     validate_app_name(&args.name).map_err(Failure::Usage)?;
     let engine = Engine::connect(&global.docker_host, Duration::from_secs(10)).await?;
     let proxy = Proxy::new(&global.control);
-    // The slots are still worth showing when the proxy is down.
+    // The releases are still worth showing when the proxy is down.
     let proxy_status = proxy.status().await;
-    let backend = proxy_status.as_ref().ok().and_then(|s| s.backend.clone());
-    let slots =
-        Slots::from_containers(engine.app_containers(&args.name).await?, backend.as_deref());
+    let releases = Releases::new(
+        engine.app_containers(&args.name).await?,
+        proxy_status.as_ref().ok(),
+    );
     let client = health::client(args.health_timeout);
 
     let mut text = vec![format!("app {}", args.name)];
@@ -56,75 +122,91 @@ pub async fn run(
             report.set("proxy", json!({"error": e.to_string()}));
         }
     }
-    let mut slot_values = Vec::new();
-    for slot in Slot::BOTH {
-        let live = slots.live == Some(slot);
-        let Some(c) = slots.get(slot) else {
-            text.push(format!("  {:<5}  -  no container", slot.as_str()));
-            slot_values.push(json!({"slot": slot.as_str(), "exists": false, "live": false}));
-            continue;
-        };
-        let health = match (c.running, c.health_addr()) {
-            (true, Some(addr)) => Some(health::probe(&client, addr, c.health_path()).await),
-            _ => None,
-        };
-        let health_text = match &health {
-            Some(Ok(_)) => "healthy".to_string(),
-            Some(Err(why)) => format!("unhealthy ({why})"),
-            None => "-".to_string(),
-        };
-        let state = match (c.running, c.exit_code) {
-            (false, Some(code)) if c.status == "exited" => format!("exited ({code})"),
-            _ => c.status.clone(),
-        };
-        let mut ports: Vec<String> = c
-            .ports
-            .iter()
-            .map(|(cp, hp)| format!("{hp}->{cp}"))
-            .collect();
-        ports.sort();
-        text.push(format!(
-            "  {:<5} {} {}  image {}  {}  health {}  ports {}  deployed {}",
-            slot.as_str(),
-            if live { "*" } else { " " },
-            c.name,
-            c.image(),
-            state,
-            health_text,
-            if ports.is_empty() {
-                "-".to_string()
-            } else {
-                ports.join(", ")
-            },
-            c.labels
-                .get(crate::slots::LABEL_DEPLOYED_AT)
-                .map_or("?", String::as_str),
-        ));
-        slot_values.push(json!({
-            "slot": slot.as_str(),
-            "exists": true,
-            "live": live,
-            "container": c.name,
-            "id": c.id,
-            "image": c.image(),
-            "state": c.status,
-            "running": c.running,
-            "exit_code": c.exit_code,
-            "healthy": health.as_ref().map(|h| h.is_ok()),
-            "health": health.map(|h| h.unwrap_or_else(|e| e)),
-            "backend": c.backend(),
-            "ports": c.ports.iter().map(|(cp, hp)| (cp.to_string(), json!(hp))).collect::<serde_json::Map<_, _>>(),
-            "deployed_at": c.labels.get(crate::slots::LABEL_DEPLOYED_AT),
-            "started_at": c.started_at,
-            "finished_at": c.finished_at,
-        }));
+    let live = releases.live();
+    let verdict = match (&proxy_status, live) {
+        (Err(_), _) => None,
+        (Ok(_), Some(c)) => Some(probe_live(&client, c).await),
+        (Ok(s), None) => Some(match s.backend.as_deref() {
+            None => Err("the proxy has no backend".to_string()),
+            Some(b) => health::probe(&client, b, "/")
+                .await
+                .map(|_| format!("{b} answers (not a release of {})", args.name))
+                .or_else(|e| {
+                    if e.starts_with("HTTP") {
+                        Ok(format!("{b} answers {e} (not a release of {})", args.name))
+                    } else {
+                        Err(format!("{b} is not a release of {} and {e}", args.name))
+                    }
+                }),
+        }),
+    };
+    let mut values = Vec::new();
+    text.push("releases, newest first:".into());
+    for c in &releases.list {
+        let (t, v) = row(&releases, c);
+        text.push(t);
+        values.push(v);
     }
-    text.push(match slots.live {
-        Some(s) => format!("live: {} (marked *)", s.container_name(&args.name)),
-        None => "live: none of this app's containers".to_string(),
-    });
-    report.set("live", slots.live.map(Slot::as_str));
-    report.set("slots", Value::Array(slot_values));
+    report.set("releases", Value::Array(values));
+    report.set(
+        "live",
+        live.map(|c| {
+            json!({"container": c.name, "release": c.release(), "image": c.image(),
+                             "state": c.status, "restart_count": c.restart_count,
+                             "exit_code": c.exit_code})
+        }),
+    );
+    let fix = format!("handoff rollback --name {}", args.name);
+    match &verdict {
+        Some(Ok(answer)) => {
+            text.push(format!("serving: yes, {answer}"));
+            report.set("serving", true);
+        }
+        Some(Err(why)) => {
+            text.push(format!(
+                "CLIENTS ARE GETTING ERRORS: {why}. Fix: {fix} (or deploy a good release)"
+            ));
+            report.set("serving", false);
+            report.set("problem", why.as_str());
+            report.set("fix", fix.as_str());
+        }
+        None => report.set("serving", Value::Null),
+    }
     out.result_text(&text.join("\n"));
-    proxy_status.map(|_| ())
+    proxy_status?;
+    match verdict {
+        Some(Err(why)) => Err(Failure::ClientsFailing(format!(
+            "clients are getting errors: {why}; fix: {fix}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// The live release as clients see it: Docker's state first (a stopped or
+/// crash-looping container cannot serve), then a health check.
+async fn probe_live(
+    client: &reqwest::Client,
+    c: &ContainerInfo,
+) -> std::result::Result<String, String> {
+    if !c.running || c.restarting {
+        return Err(format!("the live release {} is {}", c.name, c.state_text()));
+    }
+    let Some(addr) = c.health_addr() else {
+        return Err(format!(
+            "the live release {} publishes no health port",
+            c.name
+        ));
+    };
+    match health::probe(client, addr, c.health_path()).await {
+        Ok(answer) => Ok(format!(
+            "{} is running ({} restarts) and healthy ({answer} on {})",
+            c.name,
+            c.restart_count,
+            c.health_path()
+        )),
+        Err(why) => Err(format!(
+            "the live release {} is running but its health check fails: {why}",
+            c.name
+        )),
+    }
 }

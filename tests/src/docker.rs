@@ -135,12 +135,14 @@ impl App {
         }
     }
 
-    pub fn blue(&self) -> String {
-        format!("{}-blue", self.name)
+    /// The container of release `n`: `APP-<n>`.
+    pub fn release(&self, n: u64) -> String {
+        format!("{}-{n}", self.name)
     }
 
-    pub fn green(&self) -> String {
-        format!("{}-green", self.name)
+    /// Release `n` after it was refused or switched back from.
+    pub fn failed(&self, n: u64) -> String {
+        format!("{}-{n}-failed", self.name)
     }
 
     /// Names of this app's containers (any state), found by label.
@@ -297,8 +299,9 @@ impl Handoff {
 
     /// `handoff deploy --json` with the flags every test uses: `--init` so
     /// the std-only test app stops promptly on SIGTERM (it cannot install a
-    /// signal handler, and as PID 1 it would ignore SIGTERM), and quick
-    /// health polling.
+    /// signal handler, and as PID 1 it would ignore SIGTERM), quick health
+    /// polling, and a short stability window and watch (1 s each) so the
+    /// tests stay short; `extra` may override any of them.
     pub async fn deploy(&self, app: &str, image: &str, extra: &[&str]) -> Outcome {
         let mut args = vec![
             "deploy",
@@ -312,9 +315,38 @@ impl Handoff {
             "never",
             "--health-interval",
             "200ms",
+            "--healthy-for",
+            "1s",
+            "--watch",
+            "1s",
         ];
         args.extend_from_slice(extra);
         self.run(&args).await
+    }
+}
+
+impl Handoff {
+    /// `handoff rollback --json` with the same quick settings as [`Handoff::deploy`].
+    pub async fn rollback(&self, app: &str, extra: &[&str]) -> Outcome {
+        let mut args = vec![
+            "rollback",
+            "--json",
+            "--name",
+            app,
+            "--health-interval",
+            "200ms",
+            "--healthy-for",
+            "1s",
+            "--watch",
+            "1s",
+        ];
+        args.extend_from_slice(extra);
+        self.run(&args).await
+    }
+
+    /// `handoff status --json`.
+    pub async fn status(&self, app: &str) -> Outcome {
+        self.run(&["status", "--json", "--name", app]).await
     }
 }
 

@@ -5,6 +5,7 @@ pub mod backend;
 pub mod docker;
 pub mod load;
 pub mod proxy;
+pub mod registry;
 pub mod request;
 pub mod scripted;
 pub mod tls;

@@ -14,6 +14,12 @@
 //! - `MODE`: `healthy` (default), `unhealthy` (200 with `{"status":"DOWN"}`),
 //!   `crash` (exits 3 after ~0.5 s), `slow-start` (listens only after
 //!   `START_DELAY_MS`, default 3000).
+//! - `EXIT_AFTER_MS`: listens at once, answers health checks, and exits 3
+//!   that many ms after it started (a release that crashes right after
+//!   looking healthy).
+//! - `CRASH_AFTER_SERVING_MS`: exits 3 that many ms after its first request
+//!   other than `/health` (a release that crashes once it gets real traffic,
+//!   i.e. right after the switch, whatever the timing of the health checks).
 //! - `HEALTH_STATUS`: overrides the `status` the health route reports, to test
 //!   case handling (`up`).
 //!
@@ -62,6 +68,9 @@ fn main() {
             std::process::exit(64);
         }
     };
+    if let Some(ms) = std::env::var("EXIT_AFTER_MS").ok().and_then(|v| v.parse().ok()) {
+        exit_after(ms, "EXIT_AFTER_MS");
+    }
     if mode == "slow-start" {
         let ms: u64 = env_or("START_DELAY_MS", "3000").parse().unwrap_or(3000);
         thread::sleep(Duration::from_millis(ms));
@@ -80,6 +89,22 @@ fn main() {
     let listener = TcpListener::bind(("0.0.0.0", port)).expect("bind app port");
     eprintln!("testapp {}: listening", config.version);
     accept_loop(listener, config, false);
+}
+
+fn exit_after(ms: u64, why: &'static str) {
+    thread::spawn(move || {
+        thread::sleep(Duration::from_millis(ms));
+        eprintln!("testapp: exiting on purpose after {ms} ms ({why})");
+        std::process::exit(3);
+    });
+}
+
+/// Arms `CRASH_AFTER_SERVING_MS` on the first request that is not a health check.
+fn first_real_request() {
+    static ARMED: std::sync::Once = std::sync::Once::new();
+    if let Some(ms) = std::env::var("CRASH_AFTER_SERVING_MS").ok().and_then(|v| v.parse().ok()) {
+        ARMED.call_once(|| exit_after(ms, "CRASH_AFTER_SERVING_MS"));
+    }
 }
 
 fn accept_loop(listener: TcpListener, config: Config, health_listener: bool) {
@@ -172,6 +197,7 @@ fn route(method: &str, target: &str, cfg: &Config, health_listener: bool) -> (u1
     if health_listener {
         return (404, "text/plain", "not found\n".into());
     }
+    first_real_request();
     match path {
         "/" => (200, "text/plain", cfg.version.clone()),
         "/slow" => {

@@ -13,7 +13,7 @@ use handoff_tests::request::{self, wait_for};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn first_deploy_goes_to_blue_and_serves_through_the_proxy() {
+async fn first_deploy_is_release_1_and_serves_through_the_proxy() {
     let Some(env) = stage("first").await else {
         return;
     };
@@ -21,11 +21,11 @@ async fn first_deploy_goes_to_blue_and_serves_through_the_proxy() {
     assert_eq!(out.code, 0, "{out}");
     let json = out.json();
     assert_eq!(
-        (json["ok"].as_bool(), json["slot"].as_str()),
-        (Some(true), Some("blue")),
+        (json["ok"].as_bool(), json["release"].as_u64()),
+        (Some(true), Some(1)),
         "{out}"
     );
-    assert_eq!(json["container"], env.app.blue());
+    assert_eq!(json["container"], env.app.release(1));
     assert!(json["previous"].is_null(), "{json}");
     let backend = json["backend"].as_str().expect("backend").to_string();
     assert!(backend.starts_with("127.0.0.1:"), "{backend}");
@@ -33,7 +33,7 @@ async fn first_deploy_goes_to_blue_and_serves_through_the_proxy() {
     assert_eq!(env.body("/").await, "v1");
     // Published on loopback only.
     let ports = std::process::Command::new("docker")
-        .args(["port", &env.app.blue()])
+        .args(["port", &env.app.release(1)])
         .output()
         .unwrap();
     let ports = String::from_utf8_lossy(&ports.stdout);
@@ -47,7 +47,7 @@ async fn first_deploy_goes_to_blue_and_serves_through_the_proxy() {
             "inspect",
             "-f",
             "{{.HostConfig.RestartPolicy.Name}}",
-            &env.app.blue(),
+            &env.app.release(1),
         ])
         .output()
         .unwrap();
@@ -69,10 +69,11 @@ async fn first_deploy_goes_to_blue_and_serves_through_the_proxy() {
         .await;
     assert_eq!(status.code, 0, "{status}");
     let s = status.json();
-    assert_eq!(s["live"], "blue", "{s}");
-    assert_eq!(s["slots"][0]["healthy"], true, "{s}");
-    assert_eq!(s["slots"][0]["image"], env.images.v1.as_str(), "{s}");
-    assert_eq!(s["slots"][1]["exists"], false, "{s}");
+    assert_eq!(s["live"]["container"], env.app.release(1).as_str(), "{s}");
+    assert_eq!(s["serving"], true, "{s}");
+    assert_eq!(s["releases"][0]["image"], env.images.v1.as_str(), "{s}");
+    assert_eq!(s["releases"][0]["role"], "live", "{s}");
+    assert_eq!(s["releases"].as_array().unwrap().len(), 1, "{s}");
     assert_eq!(s["proxy"]["backend"], backend.as_str(), "{s}");
 }
 
@@ -119,7 +120,7 @@ async fn v1_to_v2_under_64_clients_has_zero_failures_and_v1_stops_after_its_requ
         "slow requests ended before the switch; the test proves nothing"
     );
     assert_eq!(
-        container_state(&env.app.blue()).unwrap().0,
+        container_state(&env.app.release(1)).unwrap().0,
         "running",
         "v1 stopped while it still had requests"
     );
@@ -127,7 +128,7 @@ async fn v1_to_v2_under_64_clients_has_zero_failures_and_v1_stops_after_its_requ
     let out = deploy.await.unwrap();
     assert_eq!(out.code, 0, "{out}");
     let json = out.json();
-    assert_eq!(json["slot"], "green", "{json}");
+    assert_eq!(json["release"], 2, "{json}");
     assert_eq!(json["drain"]["drained"], true, "{json}");
     assert_eq!(json["previous"]["backend"], blue_backend.as_str(), "{json}");
     for h in slow {
@@ -159,8 +160,8 @@ async fn v1_to_v2_under_64_clients_has_zero_failures_and_v1_stops_after_its_requ
         report.ok, report.failed, report.by_body, out.took, json["steps_ms"]
     );
     // v1 is stopped, not removed: it is the rollback target.
-    assert_eq!(container_state(&env.app.blue()).unwrap().0, "exited");
-    assert_eq!(container_state(&env.app.green()).unwrap().0, "running");
+    assert_eq!(container_state(&env.app.release(1)).unwrap().0, "exited");
+    assert_eq!(container_state(&env.app.release(2)).unwrap().0, "running");
     assert_eq!(env.body("/").await, "v2");
 }
 
@@ -197,11 +198,11 @@ async fn unhealthy_v3_exits_2_leaves_v2_live_and_is_removed() {
         (before.backend, before.generation)
     );
     assert_eq!(
-        container_state(&env.app.blue()),
+        container_state(&env.app.release(3)),
         None,
         "the unhealthy v3 container was not removed"
     );
-    assert_eq!(container_state(&env.app.green()).unwrap().0, "running");
+    assert_eq!(container_state(&env.app.release(2)).unwrap().0, "running");
     assert_eq!(env.body("/").await, "v2");
     assert_eq!(
         report.failed, 0,
@@ -251,7 +252,7 @@ async fn crashing_v4_fails_in_seconds_with_its_exit_code() {
     );
     eprintln!("crashing v4 reported after {:?}", out.took);
     assert_eq!(env.backend().await, before);
-    assert_eq!(container_state(&env.app.green()), None);
+    assert_eq!(container_state(&env.app.release(2)), None);
     assert_eq!(env.body("/").await, "v1");
 }
 
@@ -288,13 +289,13 @@ async fn rollback_restores_the_previous_release_and_refuses_without_one() {
     assert_eq!(out.code, 0, "{out}");
     let json = out.json();
     assert_eq!(
-        (json["slot"].as_str(), json["image"].as_str()),
-        (Some("blue"), Some(env.images.v1.as_str()))
+        (json["release"].as_u64(), json["image"].as_str()),
+        (Some(1), Some(env.images.v1.as_str()))
     );
     assert_eq!(json["drain"]["drained"], true, "{json}");
     assert_eq!(env.body("/").await, "v1");
-    assert_eq!(container_state(&env.app.blue()).unwrap().0, "running");
-    assert_eq!(container_state(&env.app.green()).unwrap().0, "exited");
+    assert_eq!(container_state(&env.app.release(1)).unwrap().0, "running");
+    assert_eq!(container_state(&env.app.release(2)).unwrap().0, "exited");
     // And forward again.
     let out = rollback().await;
     assert_eq!(out.code, 0, "{out}");

@@ -51,7 +51,7 @@ async fn pull_failure_is_exit_3_and_changes_nothing() {
         (after.backend, after.generation),
         (before.backend, before.generation)
     );
-    assert_eq!(env.app.containers(), vec![env.app.blue()]);
+    assert_eq!(env.app.containers(), vec![env.app.release(1)]);
     assert_eq!(env.body("/").await, "v1");
 }
 
@@ -67,7 +67,7 @@ async fn keep_failed_keeps_the_failed_container_stopped() {
         .await;
     assert_failed(&out, 2);
     // Kept for a post-mortem, but stopped: not restarting in a loop.
-    let (status, _, _) = container_state(&env.app.green()).expect("kept");
+    let (status, _, _) = container_state(&env.app.failed(2)).expect("kept");
     assert_eq!(status, "exited", "{out}");
     assert_eq!(env.body("/").await, "v1");
     // The next deploy replaces it.
@@ -91,18 +91,18 @@ async fn proxy_down_exits_4_and_changes_nothing() {
         .run(&["rollback", "--json", "--name", &env.app.name])
         .await;
     assert_failed(&out, 4);
-    assert_eq!(env.app.containers(), vec![env.app.blue()]);
-    assert_eq!(container_state(&env.app.blue()).unwrap().0, "running");
+    assert_eq!(env.app.containers(), vec![env.app.release(1)]);
+    assert_eq!(container_state(&env.app.release(1)).unwrap().0, "running");
     // The app itself, on its loopback port, still serves v1.
     assert_eq!(request::get(blue_addr, "/").await.body, "v1");
-    // status still shows the slots, and says the proxy is the problem.
+    // status still shows the releases, and says the proxy is the problem.
     let out = env
         .handoff
         .run(&["status", "--json", "--name", &env.app.name])
         .await;
     assert_eq!(out.code, 4, "{out}");
     let s = out.json();
-    assert_eq!(s["slots"][0]["running"], true, "{s}");
+    assert_eq!(s["releases"][0]["running"], true, "{s}");
     assert!(s["proxy"]["error"].is_string(), "{s}");
 }
 
@@ -175,7 +175,7 @@ async fn sigterm_before_the_switch_removes_the_new_container() {
     })
     .await;
     assert_eq!(waiting, Ok(true), "no health wait seen: {seen:#?}");
-    assert!(container_state(&env.app.green()).is_some());
+    assert!(container_state(&env.app.release(2)).is_some());
     let pid = child.id().unwrap().to_string();
     assert!(std::process::Command::new("kill")
         .args(["-TERM", &pid])
@@ -198,7 +198,7 @@ async fn sigterm_before_the_switch_removes_the_new_container() {
     let json: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     assert_eq!(json["error_kind"], "interrupted", "{json}");
     assert_eq!(
-        container_state(&env.app.green()),
+        container_state(&env.app.release(2)),
         None,
         "the interrupted deploy left its container"
     );
@@ -243,7 +243,7 @@ async fn bad_usage_exits_1_naming_the_problem() {
                 "--host-ports",
                 "8080",
             ],
-            "BLUE,GREEN",
+            "two ports",
         ),
         (
             &[
@@ -307,6 +307,33 @@ async fn bad_usage_exits_1_naming_the_problem() {
             "{args:?} should name {expect:?}: {out}"
         );
     }
+    // Issue 13, case 8: an env-file line that is no variable name is likely
+    // a secret pasted on the wrong line: an error naming file and line,
+    // never echoing the text. A bare valid name still passes through.
+    let env_file = dir.path().join("app.env");
+    std::fs::write(&env_file, "GOOD=1\nPASSED_THROUGH\nTop$ecret!Pw\n").unwrap();
+    let env_file = env_file.to_str().unwrap();
+    let out = h
+        .run(&[
+            "deploy",
+            "--json",
+            "--name",
+            "shop",
+            "--image",
+            "a:1",
+            "--env-file",
+            env_file,
+        ])
+        .await;
+    assert_failed(&out, 1);
+    assert!(
+        out.stderr.contains(&format!("{env_file} line 3")),
+        "the file and line are not named: {out}"
+    );
+    assert!(
+        !out.all_output().contains("Top$ecret") && !out.all_output().contains("!Pw"),
+        "the secret-looking line was echoed: {out}"
+    );
     let help = h.run(&["deploy", "--help"]).await;
     assert_eq!(help.code, 0);
     for flag in [
@@ -315,6 +342,12 @@ async fn bad_usage_exits_1_naming_the_problem() {
         "[default: 30s]",
         "--wait-lock",
         "--env-file",
+        "--health-successes",
+        "--healthy-for",
+        "--watch",
+        "--health-failures",
+        "--keep",
+        "--fail-on-cut",
     ] {
         assert!(help.stdout.contains(flag), "--help lacks {flag}: {help}");
     }

@@ -1,12 +1,13 @@
 //! End-to-end guard rails of `handoff` on the real Docker engine: the
 //! per-app lock, an unreachable engine, secrets in env, a separate health
-//! port, pinned and taken host ports (failures: deploy_failures.rs).
+//! port, pinned and taken host ports, blue/green containers of earlier
+//! versions migrated to releases (failures: deploy_failures.rs).
 //!
 //! Without a Docker engine these tests return early with a loud message,
 //! except under CI=true, where they fail (except the usage test, which
 //! needs no engine).
 
-use handoff_tests::docker::{assert_failed, stage};
+use handoff_tests::docker::{assert_failed, container_state, stage};
 use handoff_tests::request::{self, wait_for};
 use std::time::Duration;
 
@@ -93,7 +94,7 @@ async fn unreachable_engine_exits_3_and_leaves_the_proxy_untouched() {
         (after.backend, after.generation),
         (before.backend, before.generation)
     );
-    assert_eq!(env.app.containers(), vec![env.app.blue()]);
+    assert_eq!(env.app.containers(), vec![env.app.release(1)]);
     assert_eq!(env.body("/").await, "v1");
 }
 
@@ -252,7 +253,7 @@ async fn pinned_host_ports_and_a_taken_port_is_a_docker_error() {
         .deploy_ok(&env.images.v1, &["--host-ports", &pins])
         .await;
     assert_eq!(json["backend"], format!("127.0.0.1:{blue}"));
-    // Someone else holds green's port: the deploy fails before anything changes.
+    // Someone else holds the other port: the deploy fails before anything changes.
     let squatter = std::net::TcpListener::bind(("127.0.0.1", green)).unwrap();
     let out = env
         .handoff
@@ -261,7 +262,7 @@ async fn pinned_host_ports_and_a_taken_port_is_a_docker_error() {
     assert_failed(&out, 3);
     assert_eq!(
         env.app.containers(),
-        vec![env.app.blue()],
+        vec![env.app.release(1)],
         "the container that could not start was left behind"
     );
     assert_eq!(env.body("/").await, "v1");
@@ -270,5 +271,81 @@ async fn pinned_host_ports_and_a_taken_port_is_a_docker_error() {
         .deploy_ok(&env.images.v2, &["--host-ports", &pins])
         .await;
     assert_eq!(json["backend"], format!("127.0.0.1:{green}"));
+    assert_eq!(env.body("/").await, "v2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blue_green_containers_of_earlier_versions_become_releases() {
+    let Some(env) = stage("migrate").await else {
+        return;
+    };
+    // What the blue/green handoff left: blue stopped and kept, green live.
+    let app = &env.app.name;
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let make = |slot: &str, image: &str, port: u16| {
+        let out = std::process::Command::new("docker")
+            .args(["run", "-d", "--init", "--restart", "unless-stopped"])
+            .args(["--name", &format!("{app}-{slot}")])
+            .args(["--label", &format!("handoff.app={app}")])
+            .args(["--label", &format!("handoff.slot={slot}")])
+            .args(["--label", &format!("handoff.image={image}")])
+            .args(["--label", "handoff.container-port=8080"])
+            .args(["--label", "handoff.health-path=/health"])
+            .args(["-p", &format!("127.0.0.1:{port}:8080"), image])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    };
+    let (blue_port, green_port) = (free(), free());
+    make("blue", &env.images.v1, blue_port);
+    make("green", &env.images.v2, green_port);
+    let green = format!("127.0.0.1:{green_port}");
+    wait_for("green to answer", Duration::from_secs(30), async || {
+        std::net::TcpStream::connect(&green).is_ok()
+    })
+    .await;
+    let out = std::process::Command::new("docker")
+        .args(["stop", "-t", "1", &format!("{app}-blue")])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    env.proxy
+        .client()
+        .set_backend(&handoff_shared::SetBackend {
+            addr: green.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(env.body("/").await, "v2");
+
+    // The next deploy renames them (blue, not live, first) and goes on.
+    let json = env.deploy_ok(&env.images.v1, &[]).await;
+    assert_eq!(json["release"], 3, "{json}");
+    assert_eq!(
+        json["previous"]["container"],
+        env.app.release(2).as_str(),
+        "{json}"
+    );
+    assert_eq!(env.body("/").await, "v1");
+    assert_eq!(
+        env.app.containers(),
+        vec![env.app.release(1), env.app.release(2), env.app.release(3)]
+    );
+    assert_eq!(container_state(&env.app.release(2)).unwrap().0, "exited");
+    // The old green (v2) is the rollback target.
+    let out = env.handoff.rollback(app, &[]).await;
+    assert_eq!(out.code, 0, "{out}");
+    assert_eq!(
+        out.json()["container"],
+        env.app.release(2).as_str(),
+        "{out}"
+    );
     assert_eq!(env.body("/").await, "v2");
 }
