@@ -10,26 +10,27 @@ use serde::{Deserialize, Serialize};
 /// The name `PUT /v1/backend` gives the default app it creates.
 pub const DEFAULT_APP: &str = "default";
 
-/// `PUT /v1/apps/{app}`: create or update an app. Routes are replaced as a
-/// whole; a `backend` switches (and the answer waits for the drain), no
-/// `backend` keeps the current one.
+/// `PUT /v1/apps/{app}`: create or update an app. A route field left out
+/// keeps the app's current value (an empty one for a new app), so a
+/// rollback can send only `backend`. A `backend` switches, and the answer
+/// waits for the drain; no `backend` keeps the current one.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PutApp {
     /// Exact names and `*.example.com` wildcards; compared lowercase,
     /// without port or trailing dot.
-    #[serde(default)]
-    pub hosts: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hosts: Option<Vec<String>>,
     /// Path prefixes, matched on segment boundaries (`/api` takes `/api`
     /// and `/api/x`, never `/apix`); empty means the whole host.
-    #[serde(default)]
-    pub path_prefixes: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefixes: Option<Vec<String>>,
     /// Forward the path without the matched prefix.
-    #[serde(default)]
-    pub strip_prefix: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strip_prefix: Option<bool>,
     /// Takes requests whose host no app names. At most one app is.
-    #[serde(default)]
-    pub default: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<bool>,
     /// `HOST:PORT` to switch to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend: Option<String>,
