@@ -91,6 +91,9 @@ pub struct Front {
     pub redirect: Option<Redirect>,
     /// `Strict-Transport-Security` value added to https responses.
     pub hsts: Option<HeaderValue>,
+    /// On the TLS listener: the certificates, to tell whether a request's
+    /// host is one its connection's certificate is for (else 421).
+    pub certs: Option<Arc<crate::tls::CertResolver>>,
 }
 
 /// What the checks made of a request.
@@ -137,7 +140,7 @@ impl Front {
     }
 
     /// The checks every request passes before a backend is involved.
-    fn admit(&self, req: Request<Incoming>, flags: &ConnFlags) -> Admission {
+    fn admit(&self, req: Request<Incoming>, flags: &ConnFlags, sni: Option<&str>) -> Admission {
         let h1 = req.version() <= Version::HTTP_11;
         if h1 && flags.framing_conflict() {
             return Admission::Answer(reject(
@@ -150,6 +153,27 @@ impl Front {
         }
         if let Err(r) = limits::check(&req, self.limits.max_body) {
             return Admission::Answer(reject(r, h1));
+        }
+        if let Some(certs) = &self.certs {
+            // A connection reused for another host (HTTP/2 coalescing) must
+            // not reach an app its certificate does not vouch for
+            // (RFC 9110 §15.5.20).
+            let host = req
+                .uri()
+                .authority()
+                .map(|a| a.as_str())
+                .or_else(|| req.headers().get(header::HOST)?.to_str().ok());
+            if let Some(host) = host {
+                if !certs.covers(sni, &crate::routes::host_of(host)) {
+                    return Admission::Answer(reject(
+                        Rejection {
+                            status: StatusCode::MISDIRECTED_REQUEST,
+                            reason: "this connection's certificate is not for that host\n",
+                        },
+                        h1,
+                    ));
+                }
+            }
         }
         if let Some(redirect) = &self.redirect {
             let path = req.uri().path();
@@ -298,14 +322,15 @@ pub async fn serve(
                 }
             };
             match tls {
-                None => serve_connection(stream, peer, scheme, front, &accept, watcher).await,
+                None => serve_connection(stream, peer, None, scheme, front, &accept, watcher).await,
                 Some(tls) => {
                     match tokio::time::timeout(accept.handshake_timeout, tls.accept(stream)).await {
                         Ok(Ok(stream)) if stream.get_ref().1.alpn_protocol() == Some(b"h2") => {
                             accept.metrics.tls_handshake(true);
+                            let sni = stream.get_ref().1.server_name().map(Box::from);
                             match crate::preface::expect_h2(stream, accept.header_timeout).await {
                                 Ok(io) => {
-                                    serve_connection(io, peer, scheme, front, &accept, watcher)
+                                    serve_connection(io, peer, sni, scheme, front, &accept, watcher)
                                         .await
                                 }
                                 Err(e) => {
@@ -315,7 +340,9 @@ pub async fn serve(
                         }
                         Ok(Ok(stream)) => {
                             accept.metrics.tls_handshake(true);
-                            serve_connection(stream, peer, scheme, front, &accept, watcher).await
+                            let sni = stream.get_ref().1.server_name().map(Box::from);
+                            serve_connection(stream, peer, sni, scheme, front, &accept, watcher)
+                                .await
                         }
                         Ok(Err(e)) => {
                             accept.metrics.tls_handshake(false);
@@ -335,6 +362,7 @@ pub async fn serve(
 async fn serve_connection<I>(
     io: I,
     peer: SocketAddr,
+    sni: Option<Box<str>>,
     scheme: Scheme,
     front: Arc<Front>,
     accept: &Accept,
@@ -350,6 +378,7 @@ async fn serve_connection<I>(
         client: ClientConn::new(peer),
         flags,
         scheme,
+        sni,
     });
     let service = {
         let conn = Arc::clone(&conn);
@@ -357,7 +386,7 @@ async fn serve_connection<I>(
             let conn = Arc::clone(&conn);
             conn.flags.head_read();
             // Checked before the future is made, so it holds only what passed.
-            let mut admission = conn.front.admit(req, &conn.flags);
+            let mut admission = conn.front.admit(req, &conn.flags, conn.sni.as_deref());
             async move {
                 let resp = conn
                     .front
@@ -429,6 +458,8 @@ struct Conn {
     client: ClientConn,
     flags: Arc<ConnFlags>,
     scheme: Scheme,
+    /// The name the TLS client asked for, if any.
+    sni: Option<Box<str>>,
 }
 
 /// The TLS listener, bound and with its certificates loaded.
@@ -485,13 +516,14 @@ pub fn start(
     });
     let graceful = Arc::new(GracefulShutdown::new());
     let settings = config.tls.as_ref();
-    let front = |redirect, hsts| {
+    let front = |redirect, hsts, certs| {
         Arc::new(Front {
             forwarder: Arc::clone(&forwarder),
             limits: limits.clone(),
             header_timeout: config.header_read_timeout,
             redirect,
             hsts,
+            certs,
         })
     };
     let redirect = match (&tls, settings.and_then(|s| s.redirect_exempt.clone())) {
@@ -501,7 +533,7 @@ pub fn start(
         }),
         _ => None,
     };
-    let plain = front(redirect, None);
+    let plain = front(redirect, None, None);
     let mut tasks = vec![tokio::spawn(serve(
         http,
         plain,
@@ -515,7 +547,7 @@ pub fn start(
         let hsts = settings
             .and_then(|s| s.hsts_max_age)
             .and_then(|age| HeaderValue::from_str(&format!("max-age={}", age.as_secs())).ok());
-        let secure = front(None, hsts);
+        let secure = front(None, hsts, Some(Arc::clone(&t.resolver)));
         tasks.push(tokio::spawn(serve(
             t.listener,
             secure,
