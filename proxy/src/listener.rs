@@ -18,7 +18,6 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -237,6 +236,8 @@ pub struct Accept {
     pub idle_timeout: Duration,
     pub header_timeout: Duration,
     pub metrics: &'static crate::metrics::Metrics,
+    /// Counts the connections and ends them on shutdown or hand-off.
+    pub retire: Arc<crate::retire::Retire>,
 }
 
 /// Accepts until `shutdown` flips. Switches never touch these connections:
@@ -247,7 +248,6 @@ pub async fn serve(
     front: Arc<Front>,
     tls: Option<TlsAcceptor>,
     accept: Arc<Accept>,
-    graceful: Arc<GracefulShutdown>,
     workers: Arc<Workers>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -284,7 +284,7 @@ pub async fn serve(
                 continue;
             }
         };
-        let watcher = graceful.watcher();
+        let tracked = accept.retire.track();
         let (front, accept, tls) = (Arc::clone(&front), Arc::clone(&accept), tls.clone());
         workers.spawn(async move {
             let _permit = permit;
@@ -296,12 +296,12 @@ pub async fn serve(
                 }
             };
             match tls {
-                None => serve_connection(stream, peer, scheme, front, &accept, watcher).await,
+                None => serve_connection(stream, peer, scheme, front, &accept, tracked).await,
                 Some(tls) => {
                     match tokio::time::timeout(accept.handshake_timeout, tls.accept(stream)).await {
                         Ok(Ok(stream)) => {
                             accept.metrics.tls_handshake(true);
-                            serve_connection(stream, peer, scheme, front, &accept, watcher).await
+                            serve_connection(stream, peer, scheme, front, &accept, tracked).await
                         }
                         Ok(Err(e)) => {
                             accept.metrics.tls_handshake(false);
@@ -324,7 +324,7 @@ async fn serve_connection<I>(
     scheme: Scheme,
     front: Arc<Front>,
     accept: &Accept,
-    watcher: hyper_util::server::graceful::Watcher,
+    tracked: crate::retire::Tracked,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -336,19 +336,28 @@ async fn serve_connection<I>(
         client: ClientConn::new(peer),
         flags,
         scheme,
+        retire: Arc::clone(&accept.retire),
     });
     let service = {
         let conn = Arc::clone(&conn);
         hyper::service::service_fn(move |req| {
             let conn = Arc::clone(&conn);
             conn.flags.head_read();
+            let h1 = req.version() <= Version::HTTP_11;
+            if !h1 {
+                conn.flags.saw_http2();
+            }
             // Checked before the future is made, so it holds only what passed.
             let mut admission = conn.front.admit(req, &conn.flags);
             async move {
-                let resp = conn
+                let mut resp = conn
                     .front
                     .handle(&mut admission, &conn.client, conn.scheme)
                     .await;
+                if h1 && conn.retire.closing() {
+                    resp.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
                 // After a 101 the connection is a tunnel, never between requests.
                 let conn = (resp.status() != StatusCode::SWITCHING_PROTOCOLS).then_some(conn);
                 Ok::<_, std::convert::Infallible>(resp.map(|body| Answer { body, conn }))
@@ -359,7 +368,7 @@ async fn serve_connection<I>(
         .builder
         .serve_connection_with_upgrades(TokioIo::new(io), service)
         .into_owned();
-    if let Err(e) = watcher.watch(http).await {
+    if let Err(e) = crate::retire::serve(tracked, http, &conn.flags).await {
         tracing::debug!(error = %e, %peer, "client connection ended");
     }
     if let Some(active) = conn.front.forwarder.router.active() {
@@ -408,6 +417,7 @@ struct Conn {
     client: ClientConn,
     flags: Arc<ConnFlags>,
     scheme: Scheme,
+    retire: Arc<crate::retire::Retire>,
 }
 
 /// The TLS listener, bound and with its certificates loaded.
@@ -419,9 +429,11 @@ pub struct TlsBound {
 }
 
 /// Loads the certificates (a bad one fails startup, naming the file), binds
-/// `--https` and reloads the certificates on SIGHUP from then on.
+/// `--https` (or takes the socket `inherited` from a previous process) and
+/// reloads the certificates on SIGHUP from then on.
 pub async fn bind_tls(
     settings: &crate::config::TlsListener,
+    inherited: Option<std::net::TcpListener>,
 ) -> Result<TlsBound, crate::ProxyError> {
     let bind_err = |source| crate::ProxyError::Bind {
         addr: settings.addr,
@@ -429,7 +441,10 @@ pub async fn bind_tls(
     };
     let resolver = Arc::new(crate::tls::CertResolver::new(settings.certs.clone())?);
     let acceptor = TlsAcceptor::from(crate::tls::server_config(Arc::clone(&resolver))?);
-    let listener = TcpListener::bind(settings.addr).await.map_err(bind_err)?;
+    let listener = match inherited {
+        Some(l) => crate::upgrade::take::into_tokio(l).map_err(bind_err)?,
+        None => TcpListener::bind(settings.addr).await.map_err(bind_err)?,
+    };
     let addr = listener.local_addr().map_err(bind_err)?;
     crate::tls::reload_on_sighup(Arc::clone(&resolver)).map_err(bind_err)?;
     let loaded = resolver.loaded();
@@ -443,16 +458,17 @@ pub async fn bind_tls(
 }
 
 /// Starts the accept loops: plain HTTP (forwarding, or redirecting to https)
-/// and, when configured, TLS. Returns the graceful-shutdown handle and the
-/// loops, which end when `stop` flips.
+/// and, when configured, TLS. Returns the loops, which end when `stop`
+/// flips; `retire` then ends their connections.
 pub fn start(
     http: TcpListener,
     tls: Option<TlsBound>,
     forwarder: Arc<Forwarder>,
     config: &crate::config::Config,
     workers: Arc<Workers>,
+    retire: Arc<crate::retire::Retire>,
     stop: watch::Receiver<bool>,
-) -> (Arc<GracefulShutdown>, Vec<tokio::task::JoinHandle<()>>) {
+) -> Vec<tokio::task::JoinHandle<()>> {
     let limits = config.limits.clone();
     let accept = Arc::new(Accept {
         builder: Arc::new(connection_builder(&limits)),
@@ -461,8 +477,8 @@ pub fn start(
         idle_timeout: limits.idle_timeout,
         header_timeout: config.header_read_timeout,
         metrics: forwarder.metrics,
+        retire,
     });
-    let graceful = Arc::new(GracefulShutdown::new());
     let settings = config.tls.as_ref();
     let front = |redirect, hsts| {
         Arc::new(Front {
@@ -486,7 +502,6 @@ pub fn start(
         plain,
         None,
         Arc::clone(&accept),
-        Arc::clone(&graceful),
         Arc::clone(&workers),
         stop.clone(),
     ))];
@@ -500,10 +515,9 @@ pub fn start(
             secure,
             Some(t.acceptor),
             accept,
-            Arc::clone(&graceful),
             workers,
             stop,
         )));
     }
-    (graceful, tasks)
+    tasks
 }

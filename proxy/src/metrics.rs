@@ -43,6 +43,8 @@ pub struct Metrics {
     upstream_errors: Family<Labels, Counter>,
     tls_handshakes: Family<Labels, Counter>,
     in_flight: Family<Labels, Gauge>,
+    process_generation: Gauge,
+    handoffs: Family<Labels, Counter>,
     /// Scrapes rebuild the in-flight series; one at a time.
     scrape: Mutex<()>,
 }
@@ -103,6 +105,18 @@ impl Metrics {
             "Requests in flight, by backend generation",
             in_flight.clone(),
         );
+        let process_generation = Gauge::default();
+        registry.register(
+            "process_generation",
+            "This process's generation: 1 when started afresh, one more at each hand-off to a new process",
+            process_generation.clone(),
+        );
+        let handoffs = Family::<Labels, Counter>::default();
+        registry.register(
+            "handoffs",
+            "Hand-offs of the listening sockets to a new process, by outcome (completed, abandoned)",
+            handoffs.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -113,6 +127,8 @@ impl Metrics {
             upstream_errors,
             tls_handshakes,
             in_flight,
+            process_generation,
+            handoffs,
             scrape: Mutex::new(()),
         }
     }
@@ -121,6 +137,18 @@ impl Metrics {
         let class = (status / 100).clamp(1, 5) as usize - 1;
         self.requests[class].inc();
         self.duration.observe(elapsed);
+    }
+
+    pub fn set_process_generation(&self, generation: u64) {
+        self.process_generation
+            .set(i64::try_from(generation).unwrap_or(i64::MAX));
+    }
+
+    /// A hand-off this process offered ended (`completed` or `abandoned`).
+    pub fn handoff(&self, outcome: &'static str) {
+        self.handoffs
+            .get_or_create(&vec![("outcome", outcome.to_string())])
+            .inc();
     }
 
     pub fn switched(&self) {

@@ -30,6 +30,18 @@ impl Router {
         }
     }
 
+    /// The id of the last generation made (0 before any switch).
+    pub fn last_generation(&self) -> u64 {
+        self.next_id.load(SeqCst) - 1
+    }
+
+    /// Numbers the next generation after `last`, so that a process that
+    /// took over from another (see [`crate::upgrade`]) continues its
+    /// numbering. Called before the first switch.
+    pub fn continue_after(&self, last: u64) {
+        self.next_id.fetch_max(last + 1, SeqCst);
+    }
+
     /// Picks the active generation for one request and counts the request on it.
     ///
     /// The increment happens before the re-check of `active`, and a switch
