@@ -20,6 +20,10 @@ pub struct Proxy {
     /// Where the proxy's own log (stderr) goes; printed when a test fails.
     pub log: PathBuf,
     pub dir: PathBuf,
+    /// The ready line, as printed.
+    pub ready_line: String,
+    /// Lines printed on stdout after the ready line.
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
     child: Option<Child>,
     _tmp: Option<Arc<TempDir>>,
 }
@@ -86,7 +90,12 @@ impl Proxy {
             }
         };
         // Keep draining stdout so the proxy never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let _ = tx.send(line);
+            }
+        });
         let http = line
             .split_whitespace()
             .find_map(|w| w.strip_prefix("http="))
@@ -108,9 +117,30 @@ impl Proxy {
             state,
             log,
             dir: dir.to_path_buf(),
+            ready_line: line,
+            lines: rx,
             child: Some(child),
             _tmp: None,
         })
+    }
+
+    /// Starts a new process on the same control socket and state with
+    /// `--upgrade` and `extra`, which takes this one's sockets over; returns
+    /// it once it printed its ready line, or how it failed.
+    pub async fn upgrade(&self, extra: &[&str]) -> Result<Proxy, String> {
+        let mut args = vec!["--upgrade"];
+        args.extend_from_slice(extra);
+        let mut next = Self::try_start_in(&self.dir, &args).await?;
+        next._tmp = self._tmp.clone();
+        Ok(next)
+    }
+
+    /// The next line the proxy prints on stdout after its ready line.
+    pub async fn next_line(&mut self, timeout: Duration) -> Option<String> {
+        tokio::time::timeout(timeout, self.lines.recv())
+            .await
+            .ok()
+            .flatten()
     }
 
     pub fn client(&self) -> ControlClient {
