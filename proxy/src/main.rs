@@ -19,6 +19,12 @@ use std::io::Write;
 
 fn main() -> Result<()> {
     let cli = parse_cli()?;
+    if cli.background {
+        let outcome = handoff_proxy::upgrade::launch::run(std::env::args_os().collect())
+            .context("starting the new handoff-proxy")?;
+        println!("{}", outcome.summary);
+        std::process::exit(outcome.exit_code);
+    }
     let filter =
         tracing_subscriber::EnvFilter::try_new(&cli.log).context("invalid --log filter")?;
     let logs = tracing_subscriber::fmt()

@@ -37,6 +37,7 @@
 
 pub mod fds;
 pub mod give;
+pub mod launch;
 pub mod systemd;
 pub mod take;
 
