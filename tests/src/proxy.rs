@@ -47,6 +47,15 @@ impl Proxy {
 
     /// Like [`start_in`], but returns the failure (exit status and log) instead of panicking.
     pub async fn try_start_in(dir: &Path, extra: &[&str]) -> Result<Proxy, String> {
+        Self::try_start_with(dir, extra, &[]).await
+    }
+
+    /// Like [`try_start_in`], with extra environment variables.
+    pub async fn try_start_with(
+        dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Result<Proxy, String> {
         let control = dir.join("control.sock");
         let state = dir.join("state.json");
         let log = dir.join(format!(
@@ -70,6 +79,7 @@ impl Proxy {
             .arg(&state)
             .args(extra)
             .env("RUST_LOG", "info,handoff_proxy=debug")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).expect("log file"))
@@ -128,9 +138,18 @@ impl Proxy {
     /// `--upgrade` and `extra`, which takes this one's sockets over; returns
     /// it once it printed its ready line, or how it failed.
     pub async fn upgrade(&self, extra: &[&str]) -> Result<Proxy, String> {
+        self.upgrade_with(extra, &[]).await
+    }
+
+    /// Like [`upgrade`], with extra environment variables.
+    pub async fn upgrade_with(
+        &self,
+        extra: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Result<Proxy, String> {
         let mut args = vec!["--upgrade"];
         args.extend_from_slice(extra);
-        let mut next = Self::try_start_in(&self.dir, &args).await?;
+        let mut next = Self::try_start_with(&self.dir, &args, env).await?;
         next._tmp = self._tmp.clone();
         Ok(next)
     }

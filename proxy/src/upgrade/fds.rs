@@ -51,46 +51,69 @@ pub fn send(stream: &UnixStream, text: &[u8], fds: &[BorrowedFd<'_>]) -> io::Res
     Ok(())
 }
 
-/// Receives one message sent by [`send`]: its text (up to the first
-/// newline, which the sender ends every message with) and its descriptors,
-/// opened close-on-exec.
-pub fn recv(stream: &UnixStream) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
-    let mut text = Vec::new();
-    let mut fds = Vec::new();
-    let mut buf = vec![0u8; MAX_TEXT];
-    loop {
-        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
-        let mut control = RecvAncillaryBuffer::new(&mut space);
-        // One byte at a time past the first read would be slow; the
-        // sender's messages are small and end with '\n', and nothing is
-        // sent after a message until the receiver answers it.
-        let got = recvmsg(
-            stream.as_fd(),
-            &mut [IoSliceMut::new(&mut buf)],
-            &mut control,
-            RecvFlags::CMSG_CLOEXEC,
-        )?;
-        for msg in control.drain() {
-            if let RecvAncillaryMessage::ScmRights(received) = msg {
-                fds.extend(received);
+/// One end of the hand-off connection: whole messages out, whole messages
+/// in. A stream socket keeps no message boundaries (two messages sent
+/// quickly arrive in one read), so what was read past a message's newline
+/// is kept for the next [`Channel::recv`].
+pub struct Channel {
+    stream: UnixStream,
+    pending: Vec<u8>,
+}
+
+impl Channel {
+    pub fn new(stream: UnixStream) -> Self {
+        Channel {
+            stream,
+            pending: Vec::new(),
+        }
+    }
+
+    pub fn stream(&self) -> &UnixStream {
+        &self.stream
+    }
+
+    /// Sends one message (`text` must end with a newline) with `fds`.
+    pub fn send(&self, text: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+        send(&self.stream, text, fds)
+    }
+
+    /// Receives the next message: its text without the newline, and the
+    /// descriptors that came with it (opened close-on-exec).
+    pub fn recv(&mut self) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
+        let mut fds = Vec::new();
+        let mut buf = vec![0u8; MAX_TEXT];
+        loop {
+            if let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
+                let mut line: Vec<u8> = self.pending.drain(..=end).collect();
+                line.pop();
+                return Ok((line, fds));
             }
-        }
-        if got.bytes == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the other process closed the hand-off socket",
-            ));
-        }
-        text.extend_from_slice(&buf[..got.bytes]);
-        if text.ends_with(b"\n") {
-            text.pop();
-            return Ok((text, fds));
-        }
-        if text.len() > MAX_TEXT {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "hand-off message too long",
-            ));
+            if self.pending.len() > MAX_TEXT {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "hand-off message too long",
+                ));
+            }
+            let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+            let mut control = RecvAncillaryBuffer::new(&mut space);
+            let got = recvmsg(
+                self.stream.as_fd(),
+                &mut [IoSliceMut::new(&mut buf)],
+                &mut control,
+                RecvFlags::CMSG_CLOEXEC,
+            )?;
+            for msg in control.drain() {
+                if let RecvAncillaryMessage::ScmRights(received) = msg {
+                    fds.extend(received);
+                }
+            }
+            if got.bytes == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the other process closed the hand-off socket",
+                ));
+            }
+            self.pending.extend_from_slice(&buf[..got.bytes]);
         }
     }
 }
@@ -106,7 +129,7 @@ mod tests {
         let (mut left, right) = UnixStream::pair().unwrap();
         send(&a, b"hello\n", &[right.as_fd()]).unwrap();
         drop(right);
-        let (text, mut fds) = recv(&b).unwrap();
+        let (text, mut fds) = Channel::new(b).recv().unwrap();
         assert_eq!(text, b"hello");
         assert_eq!(fds.len(), 1);
         let mut passed = UnixStream::from(fds.pop().unwrap());
@@ -120,7 +143,20 @@ mod tests {
     fn closed_peer_is_an_error() {
         let (a, b) = UnixStream::pair().unwrap();
         drop(a);
-        let e = recv(&b).unwrap_err();
+        let e = Channel::new(b).recv().unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    /// Two messages that arrive in one read are still two messages (the
+    /// giver's `accepted` and, when it has nothing to drain, its `report`).
+    #[test]
+    fn messages_read_together_stay_apart() {
+        let (a, b) = UnixStream::pair().unwrap();
+        send(&a, b"one\ntwo\n", &[]).unwrap();
+        let mut channel = Channel::new(b);
+        assert_eq!(channel.recv().unwrap().0, b"one");
+        assert_eq!(channel.recv().unwrap().0, b"two");
+        drop(a);
+        assert!(channel.recv().is_err());
     }
 }

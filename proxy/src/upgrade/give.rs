@@ -27,7 +27,7 @@ pub struct Giver {
 /// A finished hand-off: the taker accepts now; this process drains and
 /// sends the [`Report`] before it exits.
 pub struct HandedOff {
-    stream: UnixStream,
+    channel: fds::Channel,
     pub taker_pid: u32,
     pub kept: Vec<Role>,
     pub connections: u64,
@@ -36,7 +36,7 @@ pub struct HandedOff {
 impl HandedOff {
     /// Sends the drain outcome to the taker; it may be gone, which is fine.
     pub fn report(self, report: Report) {
-        let _ = fds::send(&self.stream, &Message::Report(report).encode(), &[]);
+        let _ = self.channel.send(&Message::Report(report).encode(), &[]);
     }
 }
 
@@ -107,11 +107,12 @@ impl Giver {
             .iter()
             .map(|(_, fd)| fd.as_fd().try_clone_to_owned())
             .collect::<Result<Vec<_>, _>>()?;
-        let (stream, ready) = tokio::task::spawn_blocking(move || {
+        let (channel, ready) = tokio::task::spawn_blocking(move || {
+            let mut channel = fds::Channel::new(stream);
             let borrowed: Vec<_> = dups.iter().map(|fd| fd.as_fd()).collect();
-            fds::send(&stream, &offer.encode(), &borrowed)?;
-            let (text, _) = fds::recv(&stream)?;
-            Ok::<_, UpgradeError>((stream, Message::decode(&text)?))
+            channel.send(&offer.encode(), &borrowed)?;
+            let (text, _) = channel.recv()?;
+            Ok::<_, UpgradeError>((channel, Message::decode(&text)?))
         })
         .await
         .map_err(|e| UpgradeError::Protocol(e.to_string()))??;
@@ -130,13 +131,13 @@ impl Giver {
         let connections = self.retire.open() as u64;
         let accepted = Message::Accepted(Accepted { connections });
         let sent = tokio::task::spawn_blocking(move || {
-            fds::send(&stream, &accepted.encode(), &[]).map(|()| stream)
+            channel.send(&accepted.encode(), &[]).map(|()| channel)
         })
         .await
         .map_err(|e| UpgradeError::Protocol(e.to_string()))
         .and_then(|r| r.map_err(UpgradeError::from));
-        let stream = match sent {
-            Ok(stream) => stream,
+        let channel = match sent {
+            Ok(channel) => channel,
             Err(e) => {
                 self.control.set_handed_off(false);
                 return Err(e);
@@ -144,7 +145,7 @@ impl Giver {
         };
         tracing::info!(taker_pid = ready.pid, kept = ?ready.kept, connections, "sockets handed over; this process stops accepting and drains");
         Ok(HandedOff {
-            stream,
+            channel,
             taker_pid: ready.pid,
             kept: ready.kept,
             connections,

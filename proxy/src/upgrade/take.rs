@@ -9,7 +9,7 @@ use std::path::Path;
 /// A hand-off in progress, from the taker's side: the giver's sockets, not
 /// yet accepted on.
 pub struct Taker {
-    stream: UnixStream,
+    channel: fds::Channel,
     pub offer: Offer,
     sockets: Vec<(Role, OwnedFd)>,
     kept: Vec<Role>,
@@ -23,7 +23,8 @@ pub fn connect(path: &Path) -> Result<Taker, UpgradeError> {
         source,
     })?;
     stream.set_read_timeout(Some(super::READY_TIMEOUT))?;
-    let (text, received) = fds::recv(&stream)?;
+    let mut channel = fds::Channel::new(stream);
+    let (text, received) = channel.recv()?;
     let offer = match Message::decode(&text)? {
         Message::Offer(offer) => offer,
         other => {
@@ -43,7 +44,7 @@ pub fn connect(path: &Path) -> Result<Taker, UpgradeError> {
     test_pause("after-fds-received");
     let sockets = offer.sockets.iter().copied().zip(received).collect();
     Ok(Taker {
-        stream,
+        channel,
         offer,
         sockets,
         kept: Vec::new(),
@@ -114,8 +115,8 @@ impl Taker {
             pid: std::process::id(),
             kept: self.kept.clone(),
         });
-        fds::send(&self.stream, &ready.encode(), &[])?;
-        let (text, _) = fds::recv(&self.stream)?;
+        self.channel.send(&ready.encode(), &[])?;
+        let (text, _) = self.channel.recv()?;
         match Message::decode(&text)? {
             Message::Accepted(accepted) => Ok(accepted),
             other => Err(UpgradeError::Protocol(format!(
@@ -126,11 +127,11 @@ impl Taker {
 
     /// Waits (blocking) for the giver's drain report, sent just before it
     /// exits.
-    pub fn report(self) -> Result<Report, UpgradeError> {
+    pub fn report(mut self) -> Result<Report, UpgradeError> {
         // The giver drains for up to its drain timeout, which this process
         // does not know; the socket closing without a report ends the wait.
-        self.stream.set_read_timeout(None)?;
-        let (text, _) = fds::recv(&self.stream)?;
+        self.channel.stream().set_read_timeout(None)?;
+        let (text, _) = self.channel.recv()?;
         match Message::decode(&text)? {
             Message::Report(report) => Ok(report),
             other => Err(UpgradeError::Protocol(format!(
