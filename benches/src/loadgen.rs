@@ -38,6 +38,10 @@ pub struct Stream {
     pub mode: Mode,
     /// Marks the samples, so long requests can be reported apart.
     pub long: bool,
+    /// The `Host` header of this stream's requests; `None` sends the
+    /// target's address (what a client given an IP:port sends). `routes`
+    /// spreads its connections over several apps' hosts this way.
+    pub host: Option<HeaderValue>,
 }
 
 #[derive(Debug, Clone)]
@@ -226,7 +230,7 @@ async fn worker(shared: Arc<Shared>, stream: Stream, next: Arc<AtomicU64>) -> (V
         }
         let (outcome, backend) = match tokio::time::timeout(
             shared.spec.timeout,
-            request(&shared, &stream.path, &mut conn, &mut resent),
+            request(&shared, &stream, &mut conn, &mut resent),
         )
         .await
         {
@@ -296,7 +300,7 @@ async fn connect(addr: SocketAddr) -> Option<Conn> {
 
 async fn request(
     shared: &Shared,
-    path: &str,
+    stream: &Stream,
     conn: &mut Option<Conn>,
     resent: &mut u64,
 ) -> (Outcome, u8) {
@@ -312,8 +316,9 @@ async fn request(
             *conn = None;
             continue;
         }
-        let req = Request::get(path)
-            .header(http::header::HOST, shared.host.clone())
+        let host = stream.host.as_ref().unwrap_or(&shared.host);
+        let req = Request::get(stream.path.as_str())
+            .header(http::header::HOST, host.clone())
             .body(Empty::new())
             .expect("static request parts are valid");
         match driving(sender.send_request(req), driver).await {

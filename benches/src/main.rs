@@ -54,6 +54,9 @@ enum Cmd {
     Minproxy(minproxy::MinProxyArgs),
     /// Throughput and latency: direct vs handoff-proxy vs nginx (vs HAProxy).
     Steady(SteadyArgs),
+    /// The route table's cost: handoff-proxy with 100 apps vs one app, and
+    /// nginx with 100 server blocks vs one, under steady's load.
+    Routes(scenarios::routes::RoutesArgs),
     /// handoff-proxy under load while the backend is replaced every interval.
     Switch(CutoverArgs),
     /// The bluegreen.sh way (nginx reload, then stop old) under the same load.
@@ -63,7 +66,7 @@ enum Cmd {
     /// slowhttptest slow bodies (-B) and slow readers (-X) against
     /// handoff-proxy and nginx: backend connections held, and a probe.
     SlowClients(scenarios::slow_clients::SlowArgs),
-    /// steady, switch, seed, deploy and slow-clients in turn, then the chart.
+    /// steady, routes, switch, seed, deploy and slow-clients in turn, then the chart.
     All {
         #[command(flatten)]
         cutover: CutoverArgs,
@@ -117,6 +120,7 @@ async fn dispatch(common: &Common, cmd: Cmd) -> Result<()> {
     match cmd {
         Cmd::Backend(_) | Cmd::Minproxy(_) => unreachable!("handled before the runtime starts"),
         Cmd::Steady(args) => run_steady(common, &args).await,
+        Cmd::Routes(args) => run_routes(common, &args).await,
         Cmd::Switch(args) => run_cutover(common, &args, "switch").await,
         Cmd::Seed(args) => run_cutover(common, &args, "seed").await,
         Cmd::Deploy(args) => run_cutover(common, &args, "deploy").await,
@@ -132,6 +136,11 @@ async fn dispatch(common: &Common, cmd: Cmd) -> Result<()> {
                 open_rate: None,
             };
             run_steady(common, &steady_args).await?;
+            let routes_args = scenarios::routes::RoutesArgs {
+                rounds,
+                ..Default::default()
+            };
+            run_routes(common, &routes_args).await?;
             run_cutover(common, &cutover, "switch").await?;
             run_cutover(common, &cutover, "seed").await?;
             run_cutover(common, &cutover, "deploy").await?;
@@ -162,6 +171,17 @@ async fn run_steady(common: &Common, args: &SteadyArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+async fn run_routes(common: &Common, args: &scenarios::routes::RoutesArgs) -> Result<()> {
+    use scenarios::routes;
+    let r = routes::run(common, args).await?;
+    let md = routes::markdown(&r);
+    println!("{md}");
+    let path = report::write_json(&common.out, "routes", &r)?;
+    std::fs::write(common.out.join("routes-latest.md"), &md)?;
+    tracing::info!("raw figures: {}", path.display());
+    routes::check(&r)
 }
 
 async fn run_cutover(common: &Common, args: &CutoverArgs, which: &str) -> Result<()> {

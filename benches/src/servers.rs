@@ -42,22 +42,61 @@ http {
     keepalive_requests 10000000;
     keepalive_timeout 75s;
     include @DIR@/backend.conf;
-    server {
-        listen 127.0.0.1:@PORT@ backlog=4096;
-        location / {
-            proxy_pass http://app;
+@SERVERS@}
+"#;
+
+/// What every `location` does: the forwarding headers handoff-proxy adds,
+/// so both do the same work.
+const NGINX_PROXY: &str = r#"            proxy_pass http://app;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
-            # The forwarding headers handoff-proxy adds, so both do the same work.
             proxy_set_header Host $host;
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
             proxy_set_header X-Forwarded-Proto $scheme;
             proxy_set_header X-Forwarded-Host $host;
             proxy_read_timeout 120s;
-        }
-    }
-}
 "#;
+
+/// One virtual host of nginx's `routes` configuration: a `server` block
+/// named `host`, with a `location` per path prefix (the whole host when
+/// there is none), as handoff-proxy's route table matches them.
+#[derive(Debug, Clone)]
+pub struct NginxHost {
+    pub host: String,
+    pub prefixes: Vec<String>,
+}
+
+/// The single catch-all server every scenario but `routes` uses.
+fn single_server(port: u16) -> String {
+    format!(
+        "    server {{\n        listen 127.0.0.1:{port} backlog=4096;\n        location / {{\n{NGINX_PROXY}        }}\n    }}\n"
+    )
+}
+
+/// A `server` block per host plus a default server answering 404, the
+/// way nginx is set up for many apps on one address. A prefix `/api` takes
+/// `/api` and `/api/...` (two locations), as handoff-proxy's segment match does.
+fn routed_servers(port: u16, hosts: &[NginxHost]) -> String {
+    let mut out = format!(
+        "    server {{\n        listen 127.0.0.1:{port} default_server backlog=4096;\n        return 404;\n    }}\n"
+    );
+    for h in hosts {
+        out += &format!(
+            "    server {{\n        listen 127.0.0.1:{port};\n        server_name {};\n",
+            h.host
+        );
+        if h.prefixes.is_empty() {
+            out += &format!("        location / {{\n{NGINX_PROXY}        }}\n");
+        }
+        for p in &h.prefixes {
+            out += &format!(
+                "        location = {p} {{\n{NGINX_PROXY}        }}\n        location {p}/ {{\n{NGINX_PROXY}        }}\n"
+            );
+        }
+        out += "    }\n";
+    }
+    out
+}
 
 /// The upstream template, in envsubst syntax exactly as bluegreen.sh uses it.
 const NGINX_UPSTREAM_TEMPLATE: &str = r#"upstream app {
@@ -68,7 +107,17 @@ const NGINX_UPSTREAM_TEMPLATE: &str = r#"upstream app {
 "#;
 
 impl Nginx {
+    /// One catch-all server (every scenario but `routes`).
     pub fn start(backend_port: u16) -> Result<Nginx> {
+        Self::start_with(backend_port, single_server)
+    }
+
+    /// A `server` block per host (`routes`), all to the same upstream.
+    pub fn start_routes(backend_port: u16, hosts: &[NginxHost]) -> Result<Nginx> {
+        Self::start_with(backend_port, |port| routed_servers(port, hosts))
+    }
+
+    fn start_with(backend_port: u16, servers: impl FnOnce(u16) -> String) -> Result<Nginx> {
         let bin = find_tool("nginx").ok_or_else(|| anyhow!(missing_nginx()))?;
         let dir = TempDir::new("nginx")?;
         let port = free_port()?;
@@ -77,7 +126,7 @@ impl Nginx {
             dir.path().join("nginx.conf"),
             NGINX_CONF
                 .replace("@DIR@", &d)
-                .replace("@PORT@", &port.to_string()),
+                .replace("@SERVERS@", &servers(port)),
         )?;
         std::fs::write(dir.path().join("backend.template"), NGINX_UPSTREAM_TEMPLATE)?;
         write_upstream(dir.path(), backend_port)?;

@@ -2,6 +2,7 @@
 
 pub mod cutover;
 pub mod deploy;
+pub mod routes;
 pub mod seed;
 pub mod slow_clients;
 pub mod steady;

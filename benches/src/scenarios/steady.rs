@@ -10,6 +10,7 @@ use crate::servers::{missing_nginx, HandoffProxy, Haproxy, MinProxy, Nginx};
 use crate::stats::{self, summarize, Bucket, Summary};
 use crate::wrk::{self, WrkFigures};
 use anyhow::Result;
+use http::HeaderValue;
 use serde::{Deserialize, Serialize};
 
 pub use super::steady_report::markdown;
@@ -82,7 +83,7 @@ pub struct SteadyReport {
     pub missing: Vec<String>,
 }
 
-enum Server {
+pub(super) enum Server {
     Direct,
     Handoff(HandoffProxy),
     Nginx(Nginx),
@@ -90,10 +91,54 @@ enum Server {
     MinProxy(MinProxy),
 }
 
-struct Target {
-    name: &'static str,
-    addr: SocketAddr,
-    server: Server,
+pub(super) struct Target {
+    pub name: &'static str,
+    pub addr: SocketAddr,
+    pub server: Server,
+}
+
+/// One kind of request in a load: its `Host` (`None`: the target's
+/// address) and path. A load's connections are dealt out over its kinds.
+#[derive(Debug, Clone)]
+pub(super) struct RequestKind {
+    pub host: Option<HeaderValue>,
+    pub path: String,
+}
+
+/// `steady`'s load: `GET /` with the target's address as `Host`.
+fn plain() -> Vec<RequestKind> {
+    vec![RequestKind {
+        host: None,
+        path: "/".into(),
+    }]
+}
+
+/// The streams of one pass: `conns` connections dealt out over `kinds`
+/// (the first kinds get one more when they do not divide evenly), an open
+/// loop's rate shared in proportion.
+fn streams(kinds: &[RequestKind], conns: usize, mode: Mode) -> Vec<Stream> {
+    let n = kinds.len().max(1);
+    kinds
+        .iter()
+        .enumerate()
+        .map(|(k, kind)| {
+            let share = conns / n + usize::from(k < conns % n);
+            let mode = match mode {
+                Mode::Closed => Mode::Closed,
+                Mode::Open { rate } => Mode::Open {
+                    rate: rate * share as f64 / conns.max(1) as f64,
+                },
+            };
+            Stream {
+                path: kind.path.clone(),
+                conns: share,
+                mode,
+                long: false,
+                host: kind.host.clone(),
+            }
+        })
+        .filter(|s| s.conns > 0)
+        .collect()
 }
 
 impl Target {
@@ -173,12 +218,14 @@ pub async fn run(common: &Common, args: &SteadyArgs) -> Result<SteadyReport> {
     }
 
     let mut rows = Vec::new();
+    let targets_ref: Vec<&Target> = targets.iter().collect();
     for round in 0..args.rounds.max(1) {
         for &conns in &args.conns {
             measure_all(
                 common,
                 &backend,
-                &targets,
+                &targets_ref,
+                &plain(),
                 conns,
                 Mode::Closed,
                 round,
@@ -208,7 +255,8 @@ pub async fn run(common: &Common, args: &SteadyArgs) -> Result<SteadyReport> {
         measure_all(
             common,
             &backend,
-            &targets,
+            &targets_ref,
+            &plain(),
             first_c,
             Mode::Open { rate },
             0,
@@ -240,6 +288,7 @@ pub async fn run(common: &Common, args: &SteadyArgs) -> Result<SteadyReport> {
             "wrk not installed: no cross-check (apt-get install -y wrk)".into(),
         )?);
     }
+    drop(targets_ref);
     drop(targets);
     drop(backend);
     Ok(SteadyReport {
@@ -251,25 +300,25 @@ pub async fn run(common: &Common, args: &SteadyArgs) -> Result<SteadyReport> {
     })
 }
 
-async fn measure_all(
+/// One pass over every target in turn (warm-up, then the measured run),
+/// each row's throughput as a ratio of `direct`'s in the same pass when
+/// `direct` is among the targets (it comes first).
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn measure_all(
     common: &Common,
     backend: &Backend,
-    targets: &[Target],
+    targets: &[&Target],
+    kinds: &[RequestKind],
     conns: usize,
     mode: Mode,
     round: usize,
     rows: &mut Vec<Row>,
 ) {
     let mut direct_rps = None;
-    for t in targets {
+    for t in targets.iter().copied() {
         let spec = |duration| LoadSpec {
             target: t.addr,
-            streams: vec![Stream {
-                path: "/".into(),
-                conns,
-                mode,
-                long: false,
-            }],
+            streams: streams(kinds, conns, mode),
             duration,
             max_requests: common.max_requests,
             timeout: Duration::from_secs(10),
@@ -300,7 +349,7 @@ async fn measure_all(
             Mode::Open { rate } => format!("open {rate:.0}/s"),
         };
         tracing::info!(
-            "steady {} c={conns} {mode_name}: {:.0} req/s p99 {} ms, {} failed",
+            "{} c={conns} {mode_name}: {:.0} req/s p99 {} ms, {} failed",
             t.name,
             summary.rps,
             ms(summary.p99_ms),
