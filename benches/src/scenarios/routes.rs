@@ -10,7 +10,7 @@
 //! proxy everyone knows. All four, and `direct`, run in each round, and the
 //! ratios that matter are taken within the round.
 
-use super::steady::{measure_all, median, RequestKind, Row, Server, Target};
+use super::steady::{measure_all, RequestKind, Row, Server, Target};
 use super::{blocking, unavailable, Common};
 use crate::loadgen::Mode;
 use crate::procs::{find_tool, Backend};
@@ -389,7 +389,7 @@ fn pairs_table(r: &RoutesReport) -> String {
                     return "-".into();
                 }
                 let each = v.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>();
-                format!("{:.2} ({})", median(v.iter().copied()), each.join("/"))
+                format!("{:.2} ({})", median(&v), each.join("/"))
             };
             let per_backend = |x: &Row| x.proxy_cpu_us.map(|p| p / x.backend_cpu_us.max(1e-9));
             cells.push(vec![
@@ -415,9 +415,28 @@ fn pairs_table(r: &RoutesReport) -> String {
     )
 }
 
+/// The middle value, or the mean of the middle two: with the two rounds a
+/// short run has, picking one of them would report the better or the worse.
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{app_table, load_kinds};
+    use super::{app_table, load_kinds, median};
+
+    #[test]
+    fn median_of_an_even_count_is_the_mean_of_the_middle_two() {
+        assert_eq!(median(&[1.2, 0.8]), 1.0);
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[]), 0.0);
+    }
 
     #[test]
     fn load_spreads_over_whole_host_and_prefixed_apps() {
