@@ -27,7 +27,7 @@
 //! waited for.
 
 use crate::body::UpstreamBody;
-use crate::limits::{BodyError, RequestBody};
+use crate::request_body::{BodyError, RequestBody};
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderValue, Request};
 use http_body::Body;

@@ -5,13 +5,13 @@
 //!
 //! One request, in order (the request path):
 //! - [`listener`]: accepts (one event loop per CPU, [`workers`]), TLS and
-//!   SNI ([`tls`]), the HTTP/2 preface check ([`preface`]), admission
-//!   ([`limits`]: Host, framing, sizes; 421 for a host the certificate does
-//!   not serve); [`wire`] times heads and idle connections, [`head_scan`]
+//!   SNI ([`tls`]), the HTTP/2 preface check ([`preface`]); [`admission`]
+//!   decides each request (the checks of [`limits`]: Host, framing, sizes;
+//!   redirects; 421 for a host the certificate does not serve); [`wire`] times heads and idle connections, [`head_scan`]
 //!   spots smuggling-shaped heads, [`deadline`] is their clock.
 //! - [`forward`]: the named phases: refuse loops ([`headers`]' `Via`), pick
 //!   the app ([`apps`] holds every app, [`routes`] is the route table), read a
-//!   small body whole ([`buffering`]), pick that app's active generation
+//!   small body whole ([`buffering`], [`request_body`]), pick that app's active generation
 //!   ([`router`]), forward over the proxy's own HTTP/1.1 client
 //!   ([`upstream`]: encode, exchange, decode, pool) or to an h2c backend
 //!   ([`forward_h2c`]), pass trailers ([`trailers`]), and stream the answer
@@ -34,6 +34,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod admission;
 pub mod apps;
 pub mod body;
 pub mod buffering;
@@ -53,6 +54,7 @@ pub mod listener;
 pub mod metrics;
 pub mod observe;
 pub mod preface;
+pub mod request_body;
 pub mod retire;
 pub mod router;
 pub mod routes;
