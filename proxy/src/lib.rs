@@ -4,7 +4,11 @@
 //! The pipeline, one module per step: [`listener`] accepts, [`forward`] picks
 //! the active generation from the [`router`] and streams the exchange, [`drain`]
 //! counts what each generation still serves, [`control`] switches, [`state`]
-//! remembers. The binary (`main.rs`) turns flags into a [`config::Config`].
+//! remembers. The process itself is replaced without a gap by [`upgrade`]
+//! (listening sockets handed to a new process, see [`sockets`]), and
+//! [`retire`] ends client connections on shutdown or hand-off without
+//! cutting a request. The binary (`main.rs`) turns flags into a
+//! [`config::Config`].
 #![forbid(unsafe_code)]
 
 pub mod admin;
