@@ -411,3 +411,67 @@ async fn upgrade_still_works(mut p: Proxy, backend: &Backend) {
     assert!(p.wait_exit(Duration::from_secs(60)).await.success());
     assert_eq!(get(next.http, "/").await.body, backend.name);
 }
+
+/// After the hand-off the new process owns the state: a switch that reaches
+/// the old one (on a control connection it accepted before) is refused with
+/// 503 and changes nothing, and the old one still finishes its requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_old_process_refuses_switches_after_the_hand_off() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    let (b1, b2) = (Backend::start("b1").await, Backend::start("b2").await);
+    let mut old = Proxy::start(&["--backend", &b1.addr_string()]).await;
+    // A request the old process must finish keeps it alive.
+    let held = tokio::spawn(get(old.http, "/hold"));
+    wait_for("the held request", Duration::from_secs(10), async || {
+        b1.active() == 1
+    })
+    .await;
+    // A control connection the old process accepted.
+    let stream = tokio::net::UnixStream::connect(&old.control).await.unwrap();
+    let (mut control, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let status = |method: &str, path: &str, body: String| {
+        http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "localhost")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap()
+    };
+    let resp = control
+        .send_request(status("GET", "/v1/status", String::new()))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    resp.into_body().collect().await.unwrap();
+
+    let new = old
+        .upgrade(&["--backend", &b1.addr_string()])
+        .await
+        .unwrap();
+    let switch = format!(r#"{{"addr":"{}"}}"#, b2.addr_string());
+    let resp = control
+        .send_request(status("PUT", "/v1/backend", switch))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("handed its sockets"),
+        "{body}"
+    );
+    let state = new.client().status().await.unwrap();
+    assert_eq!(state.backend.as_deref(), Some(b1.addr_string().as_str()));
+
+    b1.open_gate();
+    assert_eq!(held.await.unwrap().body, "b1");
+    assert!(old.wait_exit(Duration::from_secs(60)).await.success());
+}
