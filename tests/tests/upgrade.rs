@@ -440,6 +440,7 @@ async fn the_old_process_refuses_switches_after_the_hand_off() {
             .method(method)
             .uri(path)
             .header("host", "localhost")
+            .header("content-type", "application/json")
             .body(Full::new(Bytes::from(body)))
             .unwrap()
     };
