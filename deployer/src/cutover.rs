@@ -203,7 +203,7 @@ impl Cutover<'_> {
         ));
         let back = match self
             .proxy
-            .switch(&old_addr, self.switch.drain_timeout, None)
+            .switch_back(&old_addr, self.switch.drain_timeout)
             .await
         {
             Ok(_) => true,

@@ -8,9 +8,10 @@ use crate::docker::{ContainerSpec, Engine};
 use crate::env;
 use crate::error::{Failure, Result};
 use crate::output::{secs, Output};
-use crate::proxy::Proxy;
+use crate::proxy::{Proxy, Target};
 use crate::releases::{self as rel, ContainerInfo, Releases};
 use crate::report::Report;
+use crate::routes::Routes;
 use crate::{faults, lock, migrate};
 use std::collections::HashMap;
 use std::time::{Instant, SystemTime};
@@ -48,6 +49,10 @@ fn labels(args: &DeployArgs, release: u64) -> Result<HashMap<String, String>> {
     Ok(labels)
 }
 
+fn routes(args: &DeployArgs) -> Result<Option<Routes>> {
+    Routes::from_flags(&args.hosts, &args.path_prefixes, args.strip_prefix).map_err(Failure::Usage)
+}
+
 /// Everything that can be checked without touching Docker or the proxy.
 fn validate(args: &DeployArgs) -> Result<()> {
     validate_app_name(&args.name).map_err(Failure::Usage)?;
@@ -66,6 +71,7 @@ fn validate(args: &DeployArgs) -> Result<()> {
         ));
     }
     labels(args, 1)?;
+    routes(args)?;
     if args.switch.health_interval.is_zero() || args.switch.health_timeout.is_zero() {
         return Err(Failure::Usage(
             "--health-interval and --health-timeout must be more than 0".into(),
@@ -103,12 +109,12 @@ pub async fn run(
     report.step("lock", t.elapsed());
 
     let engine = Engine::connect(&global.docker_host, args.switch.stop_timeout).await?;
-    let proxy = Proxy::new(&global.control);
+    let proxy = connect_proxy(&engine, global, args, report).await?;
     let status = proxy.status().await?;
     migrate::blue_green(&engine, &args.name, &status, out).await?;
     let releases = Releases::new(engine.app_containers(&args.name).await?, Some(&status));
     let old = releases.live().cloned();
-    refuse_foreign_backend(&engine, global, &args.name, old.as_ref(), &status).await?;
+    refuse_foreign_backend(&engine, &proxy, &args.name, old.as_ref(), &status).await?;
     let number = releases.next_number();
     let name = rel::container_name(&args.name, number);
     report.set("release", number);
@@ -118,8 +124,18 @@ pub async fn run(
     );
     report.set("previous", previous);
     out.step(format!(
-        "deploying {} as release {number} ({name}); live now: {}",
+        "deploying {} as release {number} ({name}){}; live now: {}",
         args.image,
+        match proxy.target() {
+            Target::Default => String::new(),
+            Target::App {
+                routes: Some(r), ..
+            } => format!(" for {}", r.text()),
+            Target::App {
+                before: Some(r), ..
+            } => format!(" for {} (the routes the proxy has)", r.text()),
+            Target::App { .. } => String::new(),
+        },
         match (&old, &status.backend) {
             (Some(o), _) => format!(
                 "{} ({}, {}, {})",
@@ -220,11 +236,55 @@ pub async fn run(
     Ok(())
 }
 
-/// A proxy whose backend is a container of another handoff app is not
-/// switched to this one: one proxy and control socket per app.
-async fn refuse_foreign_backend(
+/// Which proxy app this deploy switches (see [`Proxy::resolve`]), with
+/// the one case the rule cannot take: an app served as the default app
+/// that is now given `--host`. Its live release would stay routed by the
+/// default app while its new one went to a new app, and the deploy would
+/// then stop a release another app routes to; so it is refused, and the
+/// message says both ways out.
+async fn connect_proxy(
     engine: &Engine,
     global: &Global,
+    args: &DeployArgs,
+    report: &mut Report,
+) -> Result<Proxy> {
+    let proxy = Proxy::resolve(&global.control, &args.name, routes(args)?).await?;
+    let Target::App { routes, before, .. } = proxy.target() else {
+        return Ok(proxy);
+    };
+    if let Some(r) = routes.as_ref().or(before.as_ref()) {
+        report.set("routes", r.to_json());
+    }
+    if before.is_none() {
+        let default = Proxy::new(&global.control).status().await?;
+        let served = Releases::new(engine.app_containers(&args.name).await?, Some(&default))
+            .list
+            .iter()
+            .find(|c| {
+                c.backend().is_some_and(|b| {
+                    default.backend.as_deref() == Some(b.as_str())
+                        || default.draining.iter().any(|d| d.backend == b)
+                })
+            })
+            .map(|c| c.name.clone());
+        if let Some(container) = served {
+            return Err(Failure::Usage(format!(
+                "{app} is served by the proxy's default app ({container}); a deploy with --host \
+                 would leave it there and route the hosts to a second copy. Deploy without \
+                 --host to keep it the default app, or take it off first with \
+                 `handoff remove --name {app}` (it stops serving) and deploy again with --host",
+                app = args.name
+            )));
+        }
+    }
+    Ok(proxy)
+}
+
+/// A proxy app whose backend is a container of another handoff app is not
+/// switched to this one.
+async fn refuse_foreign_backend(
+    engine: &Engine,
+    proxy: &Proxy,
     app: &str,
     live: Option<&ContainerInfo>,
     status: &handoff_shared::StatusResponse,
@@ -233,10 +293,14 @@ async fn refuse_foreign_backend(
         return Ok(());
     };
     if let Some((other, container)) = engine.other_app_at(backend, app).await? {
+        let which = match proxy.app_name() {
+            None => "the proxy's default app".to_string(),
+            Some(name) => format!("the proxy's app {name}"),
+        };
         return Err(Failure::Usage(format!(
-            "the proxy at {} serves app {other} ({container} at {backend}), not {app}; \
-             each app needs its own handoff-proxy and --control socket",
-            global.control.display(),
+            "{which} at {} serves app {other} ({container} at {backend}), not {app}; \
+             give {app} its own --host (one proxy routes many apps by host name)",
+            proxy.client().path().display(),
         )));
     }
     Ok(())
