@@ -48,11 +48,29 @@ pub struct Load {
 
 /// Starts `clients` keep-alive clients sending `GET path` to `addr` in a loop.
 pub fn start(addr: SocketAddr, path: &str, clients: usize, max: Duration) -> Load {
+    start_for_host(addr, "test.local", path, clients, max)
+}
+
+/// [`start`] with the `Host` header to send, for a proxy that routes apps
+/// by host name.
+pub fn start_for_host(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    clients: usize,
+    max: Duration,
+) -> Load {
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let deadline = Instant::now() + max;
     for _ in 0..clients {
-        tasks.spawn(client(addr, path.to_string(), deadline, stop_rx.clone()));
+        tasks.spawn(client(
+            addr,
+            host.to_string(),
+            path.to_string(),
+            deadline,
+            stop_rx.clone(),
+        ));
     }
     Load { stop, tasks }
 }
@@ -80,6 +98,7 @@ const MAX_REQUESTS_PER_CLIENT: u64 = 2_000_000;
 
 async fn client(
     addr: SocketAddr,
+    host: String,
     path: String,
     deadline: Instant,
     stop: watch::Receiver<bool>,
@@ -102,7 +121,7 @@ async fn client(
         let s: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>> =
             sender.as_mut().unwrap();
         let req = http::Request::get(path.as_str())
-            .header("host", "test.local")
+            .header("host", host.as_str())
             .body(Empty::new())
             .unwrap();
         let outcome = async {
