@@ -13,10 +13,10 @@ use std::time::Duration;
     // A flag given twice takes the last value, so a wrapper script can
     // append overrides to its defaults.
     args_override_self = true,
-    about = "Zero-downtime deploys of one Docker container behind handoff-proxy, one container per release",
+    about = "Zero-downtime deploys of Docker apps behind handoff-proxy, one container per release; one proxy routes many apps by host",
     after_help = "Exit codes: 0 deployed; 1 bad usage, config, or refused (lock held, nothing to roll back to);\n\
         2 new release unhealthy or unstable (refused before the switch, or switched back during the watch);\n\
-        3 Docker or registry error; 4 proxy control error;\n\
+        3 Docker or registry error; 4 proxy control error, or the proxy refused the switch (route conflict);\n\
         5 clients are getting errors: `status` found the live backend not answering, or requests were cut\n\
         after a drain timeout with --fail-on-cut;\n\
         130/143 interrupted (SIGINT/SIGTERM) before the switch, new container removed."
