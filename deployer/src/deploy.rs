@@ -257,17 +257,9 @@ async fn connect_proxy(
     }
     if before.is_none() {
         let default = Proxy::new(&global.control).status().await?;
-        let served = Releases::new(engine.app_containers(&args.name).await?, Some(&default))
-            .list
-            .iter()
-            .find(|c| {
-                c.backend().is_some_and(|b| {
-                    default.backend.as_deref() == Some(b.as_str())
-                        || default.draining.iter().any(|d| d.backend == b)
-                })
-            })
-            .map(|c| c.name.clone());
-        if let Some(container) = served {
+        let releases = Releases::new(engine.app_containers(&args.name).await?, Some(&default));
+        let served = releases.list.iter().find(|c| releases.in_use(c));
+        if let Some(container) = served.map(|c| &c.name) {
             return Err(Failure::Usage(format!(
                 "{app} is served by the proxy's default app ({container}); a deploy with --host \
                  would leave it there and route the hosts to a second copy. Deploy without \

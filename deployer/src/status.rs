@@ -103,9 +103,9 @@ pub async fn run(
     let client = health::client(args.health_timeout);
 
     let mut text = vec![format!("app {name}")];
-    text.push(routes_line(&proxy, report).await);
     match &proxy_status {
         Ok(s) => {
+            text.push(routes_line(&proxy, report).await);
             let draining: Vec<String> = s
                 .draining
                 .iter()

@@ -323,3 +323,54 @@ async fn remove_drains_one_app_and_takes_it_away_while_the_others_keep_serving()
     assert_failed(&again, 1);
     assert!(again.stdout.contains("nothing to remove"), "{again}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_deployed_without_host_is_the_default_app_and_remove_takes_that_app() {
+    let Some(w) = world().await else {
+        return;
+    };
+    let imgs = images();
+    let app = App::new("dflt");
+    ok(&w.handoff.deploy(&app.name, &imgs.v1, &[]).await);
+    // PUT /v1/backend made the default app: any host reaches it.
+    assert_eq!(w.body("anything.test", "/").await, "v1");
+    let default = w.proxy.client().status().await.unwrap();
+
+    // Now given --host: refused, it would stay on the default app too.
+    let out = w
+        .handoff
+        .deploy(&app.name, &imgs.v2, &["--host", &host(&app)])
+        .await;
+    assert_failed(&out, 1);
+    assert!(
+        out.stdout.contains("served by the proxy's default app"),
+        "{out}"
+    );
+    assert_eq!(app.containers(), vec![app.release(1)]);
+    assert_eq!(w.proxy.client().status().await.unwrap(), default);
+
+    // The proxy app `default` is not a handoff app of that name.
+    let foreign = w
+        .handoff
+        .run(&["remove", "--json", "--name", handoff_shared::DEFAULT_APP])
+        .await;
+    assert_failed(&foreign, 1);
+    assert!(
+        foreign
+            .stdout
+            .contains(&format!("handoff remove --name {}", app.name)),
+        "{foreign}"
+    );
+    assert_eq!(w.body("anything.test", "/").await, "v1");
+
+    // Removing the app removes the default app that serves it.
+    let out = w
+        .handoff
+        .run(&["remove", "--json", "--name", &app.name])
+        .await;
+    let json = ok(&out);
+    assert_eq!(json["proxy_app"], handoff_shared::DEFAULT_APP, "{out}");
+    assert!(app.containers().is_empty(), "{:?}", app.containers());
+    let after = request::get_host(w.proxy.http, "anything.test", "/").await;
+    assert_eq!(after.status, 404, "{}", after.body);
+}
