@@ -2,9 +2,9 @@
 //! Separate from the traffic listener so scrapes never compete with clients
 //! for a port, and it can stay on loopback while :80 faces the internet.
 
+use crate::apps::Apps;
 use crate::body::ProxyBody;
 use crate::metrics::Metrics;
-use crate::router::Router;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 pub struct Admin {
     pub metrics: &'static Metrics,
-    pub router: Arc<Router>,
+    pub apps: Arc<Apps>,
 }
 
 impl Admin {
@@ -56,7 +56,7 @@ impl Admin {
             (&Method::GET, "/metrics") => (
                 StatusCode::OK,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                self.metrics.render(&self.router),
+                self.metrics.render(&self.apps),
             ),
             (&Method::GET, "/healthz") => (
                 StatusCode::OK,

@@ -1,14 +1,13 @@
 //! The control API: HTTP/1.1 + JSON on a Unix socket.
 //!
-//! It shares nothing with the request path but the [`Router`]: a slow or
-//! hostile control client can delay other switches, never traffic.
+//! It shares nothing with the request path but the [`Apps`]: a slow or
+//! hostile control client can delay other switches, never traffic. The app
+//! endpoints live in [`crate::control_apps`].
 
+use crate::apps::Apps;
 use crate::body::ProxyBody;
-use crate::router::Router;
-use crate::state::{self, State};
-use crate::switch;
 use bytes::Bytes;
-use handoff_shared::{ErrorBody, Listeners, SetBackend, StatusResponse};
+use handoff_shared::{paths, ErrorBody, Listeners, PutApp, SetBackend};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -38,7 +37,7 @@ pub enum ControlSocketError {
 }
 
 pub struct Control {
-    pub router: Arc<Router>,
+    pub apps: Arc<Apps>,
     pub state_path: PathBuf,
     pub default_drain_timeout: Duration,
     pub listeners: Listeners,
@@ -181,17 +180,33 @@ impl Control {
 
     async fn route(&self, req: Request<Incoming>, uid: u32) -> Response<ProxyBody> {
         let path = req.uri().path().to_owned();
-        match (path.as_str(), req.method()) {
-            ("/v1/status", &Method::GET) => json(StatusCode::OK, &self.status()),
-            ("/v1/backend", &Method::PUT) => match read_json::<SetBackend>(req).await {
+        let method = req.method().clone();
+        if let Some(name) = path.strip_prefix(paths::APP_PREFIX) {
+            return match method {
+                Method::GET => self.get_app(name),
+                Method::PUT => match read_json::<PutApp>(req).await {
+                    Ok(body) => self.put_app(name, body, uid).await,
+                    Err(resp) => resp,
+                },
+                Method::DELETE => self.delete_app(name, uid).await,
+                _ => method_not_allowed("GET, PUT, DELETE"),
+            };
+        }
+        match (path.as_str(), &method) {
+            (paths::STATUS, &Method::GET) => json(StatusCode::OK, &self.status()),
+            (paths::APPS, &Method::GET) => self.list_apps(),
+            (paths::BACKEND, &Method::PUT) => match read_json::<SetBackend>(req).await {
                 Ok(body) => self.set_backend(body, uid).await,
                 Err(resp) => resp,
             },
-            ("/v1/tls/reload", &Method::POST) => self.reload_tls(uid).await,
-            ("/v1/status", _) => method_not_allowed("GET"),
-            ("/v1/tls/reload", _) => method_not_allowed("POST"),
-            ("/v1/backend", _) => method_not_allowed("PUT"),
-            _ => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
+            (paths::TLS_RELOAD, &Method::POST) => self.reload_tls(uid).await,
+            (paths::STATUS | paths::APPS, _) => method_not_allowed("GET"),
+            (paths::TLS_RELOAD, _) => method_not_allowed("POST"),
+            (paths::BACKEND, _) => method_not_allowed("PUT"),
+            _ => error(
+                StatusCode::NOT_FOUND,
+                format!("no such endpoint: {}", handoff_shared::clip(&path)),
+            ),
         }
     }
 
@@ -215,79 +230,6 @@ impl Control {
             }
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         }
-    }
-
-    fn status(&self) -> StatusResponse {
-        let active = self.router.active();
-        StatusResponse {
-            backend: active.as_ref().map(|g| g.addr.to_string()),
-            protocol: active.as_ref().map(|g| g.protocol()).unwrap_or_default(),
-            generation: active.as_ref().map_or(0, |g| g.id),
-            in_flight: active.as_ref().map_or(0, |g| g.in_flight()),
-            draining: self.router.draining(),
-            listeners: self.listeners.clone(),
-        }
-    }
-
-    async fn set_backend(&self, req: SetBackend, uid: u32) -> Response<ProxyBody> {
-        let drain_timeout = match req
-            .drain_timeout
-            .as_deref()
-            .map(handoff_shared::parse_duration)
-            .transpose()
-        {
-            Ok(t) => t.unwrap_or(self.default_drain_timeout),
-            Err(e) => return error(StatusCode::BAD_REQUEST, e),
-        };
-        let own: Vec<std::net::SocketAddr> = [
-            &self.listeners.http,
-            &self.listeners.https,
-            &self.listeners.admin,
-        ]
-        .into_iter()
-        .filter_map(|l| l.as_deref()?.parse().ok())
-        .collect();
-        let plan = match switch::plan(&req.addr, &own).await {
-            Ok(plan) => plan,
-            Err(e) => return error(e.status(), e.to_string()),
-        };
-        let (new, previous) = {
-            let _serial = self.switch_lock.lock().await;
-            let state = State {
-                backend: Some(req.addr.clone()),
-                protocol: req.protocol,
-            };
-            let path = self.state_path.clone();
-            match tokio::task::spawn_blocking(move || state::save(&path, &state)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-                Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-            }
-            self.router.switch(plan, req.protocol)
-        };
-        tracing::info!(uid, backend = %new.addr, protocol = %req.protocol, generation = new.id,
-            previous = previous.as_ref().map(|p| p.addr.to_string()), "switched");
-        self.metrics.switched();
-        let outcome = crate::drain::wait_all(&self.router.retired(), drain_timeout).await;
-        self.metrics.drain_done(outcome.drained, outcome.waited);
-        tracing::info!(
-            generation = new.id,
-            drained = outcome.drained,
-            in_flight = outcome.in_flight,
-            waited_ms = outcome.waited.as_millis() as u64,
-            "drain finished"
-        );
-        json(
-            StatusCode::OK,
-            &handoff_shared::SwitchResponse {
-                backend: new.addr.to_string(),
-                previous: previous.map(|p| p.addr.to_string()),
-                generation: new.id,
-                drained: outcome.drained,
-                in_flight: outcome.in_flight,
-                drain_ms: outcome.waited.as_millis() as u64,
-            },
-        )
     }
 }
 
@@ -339,7 +281,7 @@ async fn read_json<T: serde::de::DeserializeOwned>(
         .map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
 }
 
-fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<ProxyBody> {
+pub(crate) fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<ProxyBody> {
     let mut body = serde_json::to_vec(value).expect("response types serialise");
     body.push(b'\n');
     let mut resp = Response::new(ProxyBody::local(body));
@@ -353,7 +295,7 @@ fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<ProxyBody> {
 
 /// A JSON error. Messages that quote input (a serde error quotes the
 /// value it choked on) are capped, so a huge input is never echoed back.
-fn error(status: StatusCode, message: impl Into<String>) -> Response<ProxyBody> {
+pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response<ProxyBody> {
     let message = message.into();
     let error = if message.chars().count() > 2 * handoff_shared::QUOTE_LIMIT {
         let cut: String = message

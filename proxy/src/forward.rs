@@ -1,5 +1,8 @@
-//! The request path: pick the active generation, forward, stream back.
+//! The request path, as named phases: refuse loops, pick the app (route
+//! table), buffer a small body, pick the app's active generation, forward,
+//! stream back.
 
+use crate::apps::{Apps, Route};
 use crate::body::ProxyBody;
 use crate::buffering::{self, Buffering};
 use crate::drain::{Generation, InFlight};
@@ -7,7 +10,6 @@ use crate::headers;
 use crate::limits::RequestBody;
 use crate::metrics::{Metrics, UpstreamError};
 use crate::observe::Exchange;
-use crate::router::Router;
 use crate::upstream::decode::Decoder;
 use crate::upstream::encode::{self, BodyFraming, Forwarding};
 use crate::upstream::http1::{self, ExchangeError, Head};
@@ -38,7 +40,7 @@ impl ClientConn {
 
 /// What every request handler shares.
 pub struct Forwarder {
-    pub router: Arc<Router>,
+    pub apps: Arc<Apps>,
     pub metrics: &'static Metrics,
     /// This process's name in `Via`; a request already carrying it looped.
     pub via: String,
@@ -77,16 +79,36 @@ impl Forwarder {
             // or that forwards to it: forwarding again would loop.
             return local(StatusCode::LOOP_DETECTED, "request loop detected\n");
         }
+        let Some(route) = self.apps.route(authority(req), path_and_query(req)) else {
+            // A proxy given no app at all is not configured yet (503, as
+            // before apps); one whose apps do not take this request says so.
+            return if self.apps.is_empty() {
+                local(StatusCode::SERVICE_UNAVAILABLE, "no backend configured\n")
+            } else {
+                local(
+                    StatusCode::NOT_FOUND,
+                    "no app is routed for this host and path\n",
+                )
+            };
+        };
+        let Route { app, rewritten } = route;
+        if let Some(target) = rewritten {
+            if rewrite_target(req, &target).is_none() {
+                return local(StatusCode::BAD_REQUEST, "invalid request target\n");
+            }
+        }
+        let app = &**exchange.app.insert(app);
         let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
-        // Before routing: a slow body holds no backend connection and
-        // counts on no generation. Boxed, as most requests have no body.
+        // Before the generation is picked: a slow body holds no backend
+        // connection and counts on no generation. Boxed, as most requests
+        // have no body.
         if !req.body().is_end_stream() {
             let read = buffering::request(req, self.buffering.request, upgrade);
             if let Err(e) = Box::pin(read).await {
                 return body_refused(req.version(), &e);
             }
         }
-        let Some(in_flight) = self.router.acquire() else {
+        let Some(in_flight) = app.router.acquire() else {
             return local(StatusCode::SERVICE_UNAVAILABLE, "no backend configured\n");
         };
         let generation = in_flight.generation();
@@ -262,6 +284,28 @@ async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: Conn, in_flight: In
         tracing::debug!(error = %e, "upgraded connection ended");
     }
     drop(in_flight);
+}
+
+/// The host a request names: the absolute-form target or HTTP/2
+/// `:authority` first (RFC 9112 §3.2.2), else `Host`.
+fn authority<B>(req: &Request<B>) -> Option<&str> {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| req.headers().get(header::HOST)?.to_str().ok())
+}
+
+fn path_and_query<B>(req: &Request<B>) -> &str {
+    req.uri().path_and_query().map_or("/", |p| p.as_str())
+}
+
+/// Forwards `target` (a route stripped its prefix) instead of the
+/// client's path; scheme and authority stay as they were.
+fn rewrite_target<B>(req: &mut Request<B>, target: &str) -> Option<()> {
+    let mut parts = req.uri().clone().into_parts();
+    parts.path_and_query = Some(http::uri::PathAndQuery::try_from(target).ok()?);
+    *req.uri_mut() = http::Uri::from_parts(parts).ok()?;
+    Some(())
 }
 
 /// The answer to a request whose body failed (over the limit, malformed,

@@ -2,16 +2,19 @@
 //! with the old backend drained before anyone stops it.
 //!
 //! The pipeline, one module per step: [`listener`] accepts, [`forward`] picks
-//! the active generation from the [`router`] and streams the exchange, [`drain`]
+//! the app from the route table ([`apps`], [`routes`]) and that app's active
+//! generation from its [`router`], and streams the exchange, [`drain`]
 //! counts what each generation still serves, [`control`] switches, [`state`]
 //! remembers. The binary (`main.rs`) turns flags into a [`config::Config`].
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod apps;
 pub mod body;
 pub mod buffering;
 pub mod config;
 pub mod control;
+pub mod control_apps;
 pub mod deadline;
 pub mod drain;
 pub mod forward;
@@ -69,8 +72,12 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     on_ready: impl FnOnce(&Listeners),
 ) -> Result<(), ProxyError> {
-    let router = Arc::new(router::Router::new(config.upstream.clone()));
-    restore_backend(&config, &router)?;
+    // One set of metrics for the life of the process: requests finish
+    // (and are counted) on every connection thread, and a `&'static` costs
+    // them no shared reference count.
+    let metrics: &'static metrics::Metrics = Box::leak(Box::new(metrics::Metrics::new()));
+    let apps = Arc::new(apps::Apps::new(config.upstream.clone(), metrics));
+    restore_apps(&config, &apps)?;
 
     let http = TcpListener::bind(config.http)
         .await
@@ -103,14 +110,10 @@ pub async fn run(
             .and_then(|l| l.local_addr().ok())
             .map(|a| a.to_string()),
     };
-    // One set of metrics for the life of the process: requests finish
-    // (and are counted) on every connection thread, and a `&'static` costs
-    // them no shared reference count.
-    let metrics: &'static metrics::Metrics = Box::leak(Box::new(metrics::Metrics::new()));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let control = Arc::new(control::Control {
-        router: Arc::clone(&router),
+        apps: Arc::clone(&apps),
         state_path: config.state.clone(),
         default_drain_timeout: config.drain_timeout,
         listeners: listeners.clone(),
@@ -127,12 +130,12 @@ pub async fn run(
     if let Some(listener) = admin_listener {
         let admin = Arc::new(admin::Admin {
             metrics,
-            router: Arc::clone(&router),
+            apps: Arc::clone(&apps),
         });
         tokio::spawn(admin.serve(listener, stop_rx.clone()));
     }
     let forwarder = Arc::new(forward::Forwarder {
-        router: Arc::clone(&router),
+        apps: Arc::clone(&apps),
         metrics,
         via: headers::via_pseudonym(),
         buffering: config.buffering,
@@ -163,11 +166,7 @@ pub async fn run(
         .await
         .is_ok();
     // Upgraded connections (WebSockets) left hyper's watch; wait for them too.
-    let all: Vec<_> = router
-        .active()
-        .into_iter()
-        .chain(router.retired())
-        .collect();
+    let all: Vec<_> = apps.generations().into_iter().map(|(_, g, _)| g).collect();
     for g in &all {
         g.retire();
     }
@@ -191,27 +190,44 @@ pub async fn run(
 }
 
 /// The state file wins over `--backend`, so a restart never undoes a deploy.
-fn restore_backend(config: &Config, router: &router::Router) -> Result<(), ProxyError> {
-    let saved = state::load(&config.state)?;
-    let (addr, protocol, from_flag) = match (saved.backend, &config.backend) {
-        (Some(addr), _) => (addr, saved.protocol, false),
-        (None, Some(addr)) => (addr.clone(), config.backend_protocol, true),
-        (None, None) => return Ok(()),
-    };
-    handoff_shared::parse_backend_addr(&addr).map_err(ProxyError::Backend)?;
-    let authority = addr
-        .parse()
-        .map_err(|e| ProxyError::Backend(format!("{addr:?}: {e}")))?;
-    if from_flag {
-        state::save(
-            &config.state,
-            &state::State {
+/// Brings back every app from the state file; with none there, `--backend`
+/// becomes the default app (and is written down).
+fn restore_apps(config: &Config, apps: &apps::Apps) -> Result<(), ProxyError> {
+    let mut saved = state::load(&config.state)?;
+    if saved.apps.is_empty() {
+        if let Some(addr) = &config.backend {
+            saved.apps.push(state::AppState {
+                name: handoff_shared::DEFAULT_APP.to_string(),
+                default: true,
                 backend: Some(addr.clone()),
-                protocol,
-            },
-        )?;
+                protocol: config.backend_protocol,
+                ..state::AppState::default()
+            });
+            check_backend(addr)?;
+            state::save(&config.state, &saved)?;
+            tracing::info!(backend = %addr, "initial backend from --backend");
+        }
     }
-    router.switch(authority, protocol);
-    tracing::info!(backend = %addr, %protocol, source = if from_flag { "--backend" } else { "state file" }, "initial backend");
+    for app in saved.apps {
+        let spec = routes::RouteSpec {
+            hosts: app.hosts,
+            path_prefixes: app.path_prefixes,
+            strip_prefix: app.strip_prefix,
+            default: app.default,
+        };
+        let (restored, _) = apps
+            .upsert(&app.name, spec)
+            .map_err(|e| ProxyError::Backend(format!("state file, app {:?}: {e}", app.name)))?;
+        if let Some(addr) = app.backend {
+            restored.router.switch(check_backend(&addr)?, app.protocol);
+            tracing::info!(app = %app.name, backend = %addr, protocol = %app.protocol, "app restored");
+        }
+    }
     Ok(())
+}
+
+fn check_backend(addr: &str) -> Result<http::uri::Authority, ProxyError> {
+    handoff_shared::parse_backend_addr(addr).map_err(ProxyError::Backend)?;
+    addr.parse()
+        .map_err(|e| ProxyError::Backend(format!("{addr:?}: {e}")))
 }

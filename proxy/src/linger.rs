@@ -17,8 +17,8 @@
 //! busy connection moves it by comparing instants, and the timer wheel sees
 //! at most one wake-up per connection per [`LINGER`].
 
+use crate::apps::Apps;
 use crate::deadline::LazyDeadline;
-use crate::router::Router;
 use crate::upstream::Pinned;
 use crate::wire::ConnFlags;
 use std::task::Context;
@@ -31,16 +31,16 @@ pub const LINGER: Duration = Duration::from_millis(50);
 
 pub struct Linger<'a> {
     pinned: &'a Pinned,
-    router: &'a Router,
+    apps: &'a Apps,
     flags: &'a ConnFlags,
     timer: LazyDeadline,
 }
 
 impl<'a> Linger<'a> {
-    pub fn new(pinned: &'a Pinned, router: &'a Router, flags: &'a ConnFlags) -> Self {
+    pub fn new(pinned: &'a Pinned, apps: &'a Apps, flags: &'a ConnFlags) -> Self {
         Self {
             pinned,
-            router,
+            apps,
             flags,
             timer: LazyDeadline::default(),
         }
@@ -53,10 +53,7 @@ impl<'a> Linger<'a> {
             return;
         };
         if self.flags.write_blocked() || self.timer.poll_passed(cx, since + LINGER).is_ready() {
-            if let Some(active) = self.router.active() {
-                // A pin of an older generation is closed instead.
-                self.pinned.release_to(active.id, &active.pool);
-            }
+            self.pinned.release_home(self.apps);
         }
     }
 }

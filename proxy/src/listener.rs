@@ -374,11 +374,7 @@ async fn serve_connection<I>(
         .serve_connection_with_upgrades(TokioIo::new(io), service)
         .into_owned();
     let mut http = std::pin::pin!(watcher.watch(http));
-    let mut linger = Linger::new(
-        &conn.client.pinned,
-        &conn.front.forwarder.router,
-        &conn.flags,
-    );
+    let mut linger = Linger::new(&conn.client.pinned, &conn.front.forwarder.apps, &conn.flags);
     let served = std::future::poll_fn(|cx| {
         let polled = http.as_mut().poll(cx);
         if polled.is_pending() {
@@ -389,9 +385,7 @@ async fn serve_connection<I>(
     if let Err(e) = served.await {
         tracing::debug!(error = %e, %peer, "client connection ended");
     }
-    if let Some(active) = conn.front.forwarder.router.active() {
-        conn.client.pinned.release_to(active.id, &active.pool);
-    }
+    conn.client.pinned.release_home(&conn.front.forwarder.apps);
 }
 
 /// A response body as hyper writes it; when hyper is done with it, the

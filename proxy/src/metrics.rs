@@ -1,8 +1,8 @@
 //! Prometheus metrics. Handles for per-request series are created once, so
 //! the request path only touches atomics.
 
+use crate::apps::Apps;
 use crate::histogram::AtomicHistogram;
-use crate::router::Router;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -36,6 +36,10 @@ pub struct Metrics {
     registry: Registry,
     /// Indexed by status class: 1xx at 0 .. 5xx at 4.
     requests: [Counter; 5],
+    /// The same by app; each app keeps handles to its own series
+    /// ([`Metrics::app_requests`]). Only app names become labels, never a
+    /// host a client sent.
+    app_requests: Family<Labels, Counter>,
     duration: AtomicHistogram,
     switches: Counter,
     drains: Family<Labels, Counter>,
@@ -64,6 +68,12 @@ impl Metrics {
             "requests",
             "Requests answered, by status class",
             requests_family,
+        );
+        let app_requests = Family::<Labels, Counter>::default();
+        registry.register(
+            "app_requests",
+            "Requests answered, by app and status class",
+            app_requests.clone(),
         );
         let duration = AtomicHistogram::new(exponential_buckets(0.0005, 2.0, 18));
         registry.register(
@@ -100,12 +110,13 @@ impl Metrics {
         let in_flight = Family::<Labels, Gauge>::default();
         registry.register(
             "in_flight",
-            "Requests in flight, by backend generation",
+            "Requests in flight, by app and backend generation",
             in_flight.clone(),
         );
         Metrics {
             registry,
             requests,
+            app_requests,
             duration,
             switches,
             drains,
@@ -117,10 +128,35 @@ impl Metrics {
         }
     }
 
-    pub fn request_done(&self, status: u16, elapsed: Duration) {
+    /// One request answered; `app` is the routed app's series, `None` for
+    /// a request no app took (404, loop, refused before routing).
+    pub fn request_done(&self, app: Option<&[Counter; 5]>, status: u16, elapsed: Duration) {
         let class = (status / 100).clamp(1, 5) as usize - 1;
         self.requests[class].inc();
+        if let Some(app) = app {
+            app[class].inc();
+        }
         self.duration.observe(elapsed);
+    }
+
+    /// Handles to the series of one app, one per status class.
+    pub fn app_requests(&self, app: &str) -> [Counter; 5] {
+        std::array::from_fn(|i| {
+            self.app_requests.get_or_create_owned(&vec![
+                ("app", app.to_string()),
+                ("class", format!("{}xx", i + 1)),
+            ])
+        })
+    }
+
+    /// Drops the series of a removed app.
+    pub fn forget_app(&self, app: &str) {
+        for i in 0..5 {
+            self.app_requests.remove(&vec![
+                ("app", app.to_string()),
+                ("class", format!("{}xx", i + 1)),
+            ]);
+        }
     }
 
     pub fn switched(&self) {
@@ -150,16 +186,15 @@ impl Metrics {
 
     /// The Prometheus text exposition, with in-flight counts read from the
     /// router at this instant.
-    pub fn render(&self, router: &Router) -> String {
+    pub fn render(&self, apps: &Apps) -> String {
         let _one_at_a_time = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
         self.in_flight.clear();
-        let active = router.active().into_iter().map(|g| (g, "active"));
-        let draining = router.retired().into_iter().map(|g| (g, "draining"));
-        for (g, state) in active.chain(draining) {
+        for (app, g, state) in apps.generations() {
             let labels = vec![
                 ("generation", g.id.to_string()),
                 ("backend", g.addr.to_string()),
                 ("state", state.to_string()),
+                ("app", app.to_string()),
             ];
             self.in_flight
                 .get_or_create(&labels)

@@ -1,8 +1,10 @@
 //! One record per request, finished when the response's last byte is sent
 //! (or the client goes away): it feeds the metrics and writes the access log.
 
+use crate::apps::App;
 use crate::metrics::Metrics;
 use http::Method;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// The access log's tracing target, so it can be filtered on its own
@@ -19,6 +21,8 @@ pub struct Exchange {
     pub status: u16,
     pub bytes: u64,
     pub backend: Option<(http::uri::Authority, u64)>,
+    /// The app the request was routed to; `None` when no app took it.
+    pub app: Option<Arc<App>>,
 }
 
 impl Exchange {
@@ -32,6 +36,7 @@ impl Exchange {
             status: 0,
             bytes: 0,
             backend: None,
+            app: None,
         }
     }
 }
@@ -39,7 +44,8 @@ impl Exchange {
 impl Drop for Exchange {
     fn drop(&mut self) {
         let elapsed = self.start.elapsed();
-        self.metrics.request_done(self.status, elapsed);
+        self.metrics
+            .request_done(self.app.as_ref().map(|a| &a.requests), self.status, elapsed);
         let Some(path) = &self.path else { return };
         let (backend, generation) = match &self.backend {
             Some((addr, generation)) => (addr.as_str(), *generation),
@@ -52,6 +58,7 @@ impl Drop for Exchange {
             status = self.status,
             bytes = self.bytes,
             duration_ms = %format_args!("{:.3}", elapsed.as_secs_f64() * 1000.0),
+            app = %self.app.as_ref().map_or("-", |a| &a.name),
             backend = %backend,
             generation,
         );

@@ -8,7 +8,12 @@ use http::uri::Authority;
 use std::sync::atomic::{fence, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 
-/// Holds the active generation and the ones still draining.
+/// Generation ids are unique in the process, across apps: a client
+/// connection's pinned upstream connection is reused only by a request of
+/// the same generation, whichever app that request is for.
+static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
+
+/// Holds one app's active generation and the ones still draining.
 ///
 /// The request path calls [`Router::acquire`] only: one `ArcSwap` load, one
 /// atomic increment, one re-check. The `retired` list behind a mutex is touched
@@ -16,7 +21,6 @@ use std::sync::{Arc, Mutex};
 pub struct Router {
     active: ArcSwapOption<Generation>,
     retired: Arc<Mutex<Vec<Arc<Generation>>>>,
-    next_id: AtomicU64,
     settings: UpstreamSettings,
 }
 
@@ -25,7 +29,6 @@ impl Router {
         Self {
             active: ArcSwapOption::empty(),
             retired: Arc::default(),
-            next_id: AtomicU64::new(1),
             settings,
         }
     }
@@ -57,7 +60,7 @@ impl Router {
         addr: Authority,
         protocol: BackendProtocol,
     ) -> (Arc<Generation>, Option<Arc<Generation>>) {
-        let id = self.next_id.fetch_add(1, SeqCst);
+        let id = NEXT_GENERATION.fetch_add(1, SeqCst);
         let pool = upstream::Pool::new(addr.clone(), self.settings.clone());
         let h2c = (protocol == BackendProtocol::H2c)
             .then(|| upstream::h2c::H2Pool::new(addr.clone(), self.settings.clone()));
@@ -86,6 +89,22 @@ impl Router {
                 .expect("retired list poisoned")
                 .retain(|g| !Arc::ptr_eq(g, &generation));
         });
+    }
+
+    /// Stops routing to any generation (the app is being removed): the
+    /// active one is retired and drains like one switched away from.
+    pub fn retire_active(&self) -> Option<Arc<Generation>> {
+        let previous = self.active.swap(None);
+        fence(SeqCst);
+        if let Some(prev) = &previous {
+            prev.retire();
+            self.retired
+                .lock()
+                .expect("retired list poisoned")
+                .push(Arc::clone(prev));
+            self.reap_when_drained(Arc::clone(prev));
+        }
+        previous
     }
 
     pub fn active(&self) -> Option<Arc<Generation>> {

@@ -108,7 +108,7 @@ async fn metrics_move_by_the_right_amounts() {
     let addr = p.http;
     let slow = tokio::spawn(async move { get(addr, "/slow?ms=1500").await });
     let series = format!(
-        r#"handoff_in_flight{{generation="3",backend="{}",state="active"}}"#,
+        r#"handoff_in_flight{{generation="3",backend="{}",state="active",app="default"}}"#,
         b3.addr
     );
     wait_for("in-flight gauge", Duration::from_secs(5), async || {

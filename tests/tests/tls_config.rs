@@ -186,10 +186,10 @@ async fn stalled_and_garbage_handshakes_are_cut_and_counted() {
         );
     }
     assert_eq!(b1.requests(), 1);
-    let metrics = request::get(p.admin.expect("admin listener"), "/metrics")
-        .await
-        .body;
-    let count = |result: &str| {
+    // The count moves on the connection's thread right after the socket
+    // is dropped, so a client can see the close first: wait for it.
+    let admin = p.admin.expect("admin listener");
+    let count = |metrics: &str, result: &str| {
         metrics
             .lines()
             .find(|l| {
@@ -199,7 +199,15 @@ async fn stalled_and_garbage_handshakes_are_cut_and_counted() {
             .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
             .unwrap_or(0)
     };
-    assert_eq!((count("ok"), count("error")), (1, 2), "{metrics}");
+    request::wait_for(
+        "TLS handshake counts",
+        Duration::from_secs(10),
+        async || {
+            let metrics = request::get(admin, "/metrics").await.body;
+            (count(&metrics, "ok"), count(&metrics, "error")) == (1, 2)
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -225,20 +225,9 @@ mod tests {
             .unwrap();
         assert_eq!(
             wire(req, false),
-            "POST /a?b=1 HTTP/1.1
-host: example.test
-x-app: kept
-te: trailers
-\
-             connection: te
-x-forwarded-for: 10.0.0.1, 10.0.0.2, 192.0.2.7
-x-forwarded-proto: https
-\
-             x-forwarded-host: example.test
-via: 1.1 handoff-test
-content-length: 0
-
-"
+            "POST /a?b=1 HTTP/1.1\r\nhost: example.test\r\nx-app: kept\r\nte: trailers\r\n\
+             connection: te\r\nx-forwarded-for: 10.0.0.1, 10.0.0.2, 192.0.2.7\r\nx-forwarded-proto: https\r\n\
+             x-forwarded-host: example.test\r\nvia: 1.1 handoff-test\r\ncontent-length: 0\r\n\r\n"
         );
     }
 
