@@ -91,7 +91,7 @@ pub async fn run(
         ),
         Some(name) => format!(
             "removed app {}: it was the proxy's default app ({name}); requests for hosts no \
-             app names now get 404 from the proxy",
+             app names now get the proxy's own 404 (503 while it has no app at all)",
             args.name
         ),
         None => format!("removed app {}: the proxy did not route to it", args.name),

@@ -234,6 +234,11 @@ async fn a_conflicting_route_fails_the_deploy_with_exit_4_and_changes_nothing() 
         "the error names the app that claims the host: {out}"
     );
     assert!(out.all_output().contains("Fix:"), "{out}");
+    // A refusal is an answer, not a lost one: not re-read, not asked again.
+    assert!(
+        !out.stderr.contains("asking the proxy"),
+        "a 409 was treated as a lost answer: {out}"
+    );
     // The new release was health-checked, refused by the proxy, removed.
     assert!(late.containers().is_empty(), "{:?}", late.containers());
     assert!(
@@ -371,6 +376,7 @@ async fn an_app_deployed_without_host_is_the_default_app_and_remove_takes_that_a
     let json = ok(&out);
     assert_eq!(json["proxy_app"], handoff_shared::DEFAULT_APP, "{out}");
     assert!(app.containers().is_empty(), "{:?}", app.containers());
+    // No app is left: the proxy answers itself (503 while it has no app at all).
     let after = request::get_host(w.proxy.http, "anything.test", "/").await;
-    assert_eq!(after.status, 404, "{}", after.body);
+    assert_eq!(after.status, 503, "{}", after.body);
 }
