@@ -249,6 +249,40 @@ impl Proxy {
     }
 }
 
+impl Proxy {
+    /// The backends the proxy's *other* apps route to or drain, with the
+    /// app: a container there belongs to this app's releases only by its
+    /// label, and stopping or removing it would cut that other app. Empty
+    /// for a proxy without `/v1/apps`.
+    pub async fn used_by_other_apps(&self) -> Result<Vec<(String, String)>> {
+        match self.client.apps().await {
+            Ok(list) => Ok(used_by_others(&self.target, &list.apps)),
+            Err(ControlError::Api { status, .. }) if status.as_u16() == 404 => Ok(Vec::new()),
+            Err(e) => Err(self.err("list its apps", e)),
+        }
+    }
+}
+
+/// `(app, backend)` for every backend, active or draining, of the apps
+/// that are not `target`.
+pub fn used_by_others(target: &Target, apps: &[AppStatus]) -> Vec<(String, String)> {
+    backends_of(apps.iter().filter(|a| match target {
+        Target::Default => !a.default,
+        Target::App { name, .. } => a.name != *name,
+    }))
+}
+
+/// `(app, backend)` for every backend, active or draining, of `apps`.
+pub fn backends_of<'a>(apps: impl Iterator<Item = &'a AppStatus>) -> Vec<(String, String)> {
+    apps.flat_map(|a| {
+        a.backend
+            .iter()
+            .chain(a.draining.iter().map(|d| &d.backend))
+            .map(|b| (a.name.clone(), b.clone()))
+    })
+    .collect()
+}
+
 /// The resolution rule of [`Proxy::resolve`], given what the proxy said.
 fn target_for(app: &str, routes: Option<Routes>, existing: Option<&AppStatus>) -> Target {
     match (routes, existing) {
@@ -389,6 +423,43 @@ mod tests {
             serde_json::json!({"backend": "127.0.0.1:4000", "protocol": "h2c",
                                "drain_timeout": "5s"})
         );
+    }
+
+    #[test]
+    fn other_apps_backends_active_and_draining() {
+        let apps = [
+            AppStatus {
+                name: "default".into(),
+                default: true,
+                backend: Some("127.0.0.1:1".into()),
+                ..Default::default()
+            },
+            AppStatus {
+                name: "shop".into(),
+                backend: Some("127.0.0.1:2".into()),
+                draining: vec![DrainingGeneration {
+                    backend: "127.0.0.1:3".into(),
+                    generation: 1,
+                    in_flight: 1,
+                }],
+                ..Default::default()
+            },
+        ];
+        let pairs = |v: Vec<(String, String)>| {
+            v.into_iter()
+                .map(|(a, b)| format!("{a}={b}"))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            pairs(used_by_others(&Target::Default, &apps)),
+            ["shop=127.0.0.1:2", "shop=127.0.0.1:3"]
+        );
+        let shop = Target::App {
+            name: "shop".into(),
+            routes: None,
+            before: None,
+        };
+        assert_eq!(pairs(used_by_others(&shop, &apps)), ["default=127.0.0.1:1"]);
     }
 
     #[test]

@@ -27,7 +27,7 @@ use crate::docker::Engine;
 use crate::error::{Failure, Result};
 use crate::lock;
 use crate::output::{secs, Output};
-use crate::proxy::Proxy;
+use crate::proxy::{backends_of, Proxy};
 use crate::releases::ContainerInfo;
 use crate::report::Report;
 use handoff_shared::{AppStatus, ControlError, RemoveAppResponse};
@@ -273,18 +273,14 @@ async fn remove_containers(
             args.name
         ))
     })?;
-    let in_use: Vec<&str> = apps
-        .iter()
-        .flat_map(|a| {
-            a.backend
-                .as_deref()
-                .into_iter()
-                .chain(a.draining.iter().map(|d| d.backend.as_str()))
-        })
+    // The removed app is gone from the list: every app left counts.
+    let in_use: Vec<String> = backends_of(apps.iter())
+        .into_iter()
+        .map(|(_, b)| b)
         .collect();
     let (mut removed, mut kept) = (Vec::new(), Vec::new());
     for c in containers {
-        if c.backend().is_some_and(|b| in_use.contains(&b.as_str())) {
+        if c.backend().is_some_and(|b| in_use.contains(&b)) {
             out.step(format!(
                 "keeping {}: an app of the proxy still routes to {}",
                 c.name,
