@@ -80,6 +80,8 @@ fn validate(args: &DeployArgs) -> Result<()> {
     Ok(())
 }
 
+/// A deploy, as a list of named steps. Nothing a user can see changes
+/// before `cut_over`.
 pub async fn run(
     global: &Global,
     args: &DeployArgs,
@@ -91,15 +93,61 @@ pub async fn run(
     report.set("app", args.name.as_str());
     report.set("image", args.image.as_str());
     validate(args)?;
+    let env = container_env(args, out)?;
+    let _lock = take_lock(global, args, out, report)?;
+    let engine = Engine::connect(&global.docker_host, args.switch.stop_timeout).await?;
+    let proxy = connect_proxy(&engine, global, args, report).await?;
+    let now = read_live(&engine, &proxy, args, out).await?;
+    let number = now.releases.next_number();
+    let name = rel::container_name(&args.name, number);
+    record_release(report, number, &name, now.old.as_ref());
+    announce(out, &proxy, args, &now, number, &name);
+    let digest = pull(&engine, args, out, report).await?;
+    let env_keys: Vec<String> = env.keys().into_iter().map(|k| format!("{k}=***")).collect();
+    let mut spec = release_spec(&engine, args, number, &name, env, digest).await?;
+    let t = Instant::now();
+    start_release(
+        &engine,
+        &mut spec,
+        args,
+        &now.releases,
+        now.old.as_ref(),
+        out,
+    )
+    .await?;
+    report.step("start", t.elapsed());
+    faults::hit("after-start");
+    describe_started(&engine, &spec, &env_keys, out).await?;
+    cut_over(&engine, &proxy, args, &now, &name, out, report).await?;
+    report.step("total", started.elapsed());
+    out.step(format!(
+        "deployed {} as {name} in {}",
+        args.image,
+        secs(started.elapsed())
+    ));
+    Ok(())
+}
+
+/// The container env; a `-e KEY` that handoff's environment lacks is a
+/// warning, not an error.
+fn container_env(args: &DeployArgs, out: &Output) -> Result<env::ContainerEnv> {
     let env = env::build(&args.env_file, &args.env, &|k| std::env::var(k).ok())?;
     for key in &env.skipped {
         out.step(format!(
             "warning: -e {key} is not set in handoff's environment; not passed to the container"
         ));
     }
+    Ok(env)
+}
 
+fn take_lock(
+    global: &Global,
+    args: &DeployArgs,
+    out: &Output,
+    report: &mut Report,
+) -> Result<lock::AppLock> {
     let t = Instant::now();
-    let _lock = lock::acquire(
+    let lock = lock::acquire(
         &global.state_dir,
         &args.name,
         &format!("deploy {}", args.image),
@@ -107,68 +155,105 @@ pub async fn run(
         out,
     )?;
     report.step("lock", t.elapsed());
+    Ok(lock)
+}
 
-    let engine = Engine::connect(&global.docker_host, args.switch.stop_timeout).await?;
-    let proxy = connect_proxy(&engine, global, args, report).await?;
+/// What is live before the deploy: the app's status on the proxy and its
+/// releases (blue/green containers renamed first).
+struct Now {
+    status: handoff_shared::StatusResponse,
+    releases: Releases,
+    old: Option<ContainerInfo>,
+}
+
+async fn read_live(engine: &Engine, proxy: &Proxy, args: &DeployArgs, out: &Output) -> Result<Now> {
     let status = proxy.status().await?;
-    migrate::blue_green(&engine, &args.name, &status, out).await?;
+    migrate::blue_green(engine, &args.name, &status, out).await?;
     let releases = Releases::new(engine.app_containers(&args.name).await?, Some(&status));
     let old = releases.live().cloned();
-    refuse_foreign_backend(&engine, &proxy, &args.name, old.as_ref(), &status).await?;
-    let number = releases.next_number();
-    let name = rel::container_name(&args.name, number);
+    refuse_foreign_backend(engine, proxy, &args.name, old.as_ref(), &status).await?;
+    Ok(Now {
+        status,
+        releases,
+        old,
+    })
+}
+
+fn record_release(report: &mut Report, number: u64, name: &str, old: Option<&ContainerInfo>) {
     report.set("release", number);
-    report.set("container", name.as_str());
-    let previous = old.as_ref().map(
+    report.set("container", name);
+    let previous = old.map(
         |o| serde_json::json!({"container": o.name, "image": o.image(), "backend": o.backend()}),
     );
     report.set("previous", previous);
-    out.step(format!(
-        "deploying {} as release {number} ({name}){}; live now: {}",
-        args.image,
-        match proxy.target() {
-            Target::Default => String::new(),
-            Target::App {
-                routes: Some(r), ..
-            } => format!(" for {}", r.text()),
-            Target::App {
-                before: Some(r), ..
-            } => format!(" for {} (the routes the proxy has)", r.text()),
-            Target::App { .. } => String::new(),
-        },
-        match (&old, &status.backend) {
-            (Some(o), _) => format!(
-                "{} ({}, {}, {})",
-                o.name,
-                o.image(),
-                o.backend().unwrap_or_default(),
-                o.state_text()
-            ),
-            (None, Some(b)) => format!("{b}, not a container of {}", args.name),
-            (None, None) => "nothing (first deploy)".into(),
-        }
-    ));
+}
 
+/// `deploying IMAGE as release N (APP-N) for ROUTES; live now: ...`
+fn announce(out: &Output, proxy: &Proxy, args: &DeployArgs, now: &Now, number: u64, name: &str) {
+    let routes = match proxy.target() {
+        Target::Default => String::new(),
+        Target::App {
+            routes: Some(r), ..
+        } => format!(" for {}", r.text()),
+        Target::App {
+            before: Some(r), ..
+        } => format!(" for {} (the routes the proxy has)", r.text()),
+        Target::App { .. } => String::new(),
+    };
+    let live = match (&now.old, &now.status.backend) {
+        (Some(o), _) => format!(
+            "{} ({}, {}, {})",
+            o.name,
+            o.image(),
+            o.backend().unwrap_or_default(),
+            o.state_text()
+        ),
+        (None, Some(b)) => format!("{b}, not a container of {}", args.name),
+        (None, None) => "nothing (first deploy)".into(),
+    };
+    out.step(format!(
+        "deploying {} as release {number} ({name}){routes}; live now: {live}",
+        args.image,
+    ));
+}
+
+/// Pulls as `--pull` says; returns the registry digest when there is one.
+async fn pull(
+    engine: &Engine,
+    args: &DeployArgs,
+    out: &Output,
+    report: &mut Report,
+) -> Result<Option<String>> {
     let t = Instant::now();
     engine.ensure_image(&args.image, args.pull, out).await?;
     let digest = engine.image_digest(&args.image).await;
     report.step("pull", t.elapsed());
     report.set("digest", digest.clone());
+    Ok(digest)
+}
 
-    // A container by that name that handoff did not make is not ours to touch.
-    if engine.inspect(&name).await?.is_some() {
+/// The new release's container, refused when a container of that name
+/// exists that handoff did not make (it is not ours to touch).
+async fn release_spec(
+    engine: &Engine,
+    args: &DeployArgs,
+    number: u64,
+    name: &str,
+    env: env::ContainerEnv,
+    digest: Option<String>,
+) -> Result<ContainerSpec> {
+    if engine.inspect(name).await?.is_some() {
         return Err(Failure::Usage(format!(
             "a container named {name} exists but is not a release of {}; rename or remove it",
             args.name
         )));
     }
     let mut labels = labels(args, number)?;
-    if let Some(d) = &digest {
-        labels.insert(rel::LABEL_DIGEST.to_string(), d.clone());
+    if let Some(d) = digest {
+        labels.insert(rel::LABEL_DIGEST.to_string(), d);
     }
-    let env_keys: Vec<String> = env.keys().into_iter().map(|k| format!("{k}=***")).collect();
-    let mut spec = ContainerSpec {
-        name: name.clone(),
+    Ok(ContainerSpec {
+        name: name.to_string(),
         image: args.image.clone(),
         env: env.entries,
         labels,
@@ -176,48 +261,70 @@ pub async fn run(
         health_port: args.health_port,
         host_port: 0,
         init: args.init,
-    };
-    let t = Instant::now();
-    start_release(&engine, &mut spec, args, &releases, old.as_ref(), out).await?;
-    report.step("start", t.elapsed());
-    faults::hit("after-start");
-    if let Some(info) = engine.inspect(&name).await? {
-        let mut ports: Vec<String> = info
-            .ports
-            .iter()
-            .map(|(c, h)| format!("{h}->{c}"))
-            .collect();
-        ports.sort();
-        out.step(format!(
-            "started {name} ({}), ports {}, env {}",
-            short_id(&info.id),
-            ports.join(", "),
-            if env_keys.is_empty() {
-                "-".to_string()
-            } else {
-                env_keys.join(" ")
-            }
-        ));
-    }
+    })
+}
 
+/// `started APP-N (ID), ports ..., env KEY=*** ...`: keys, never values.
+async fn describe_started(
+    engine: &Engine,
+    spec: &ContainerSpec,
+    keys: &[String],
+    out: &Output,
+) -> Result<()> {
+    let Some(info) = engine.inspect(&spec.name).await? else {
+        return Ok(());
+    };
+    let mut ports: Vec<String> = info
+        .ports
+        .iter()
+        .map(|(c, h)| format!("{h}->{c}"))
+        .collect();
+    ports.sort();
+    out.step(format!(
+        "started {} ({}), ports {}, env {}",
+        spec.name,
+        short_id(&info.id),
+        ports.join(", "),
+        if keys.is_empty() {
+            "-".to_string()
+        } else {
+            keys.join(" ")
+        }
+    ));
+    Ok(())
+}
+
+/// The readiness rule, the watched switch, the drain and the stop of the
+/// previous release (see `cutover.rs`).
+async fn cut_over(
+    engine: &Engine,
+    proxy: &Proxy,
+    args: &DeployArgs,
+    now: &Now,
+    name: &str,
+    out: &Output,
+    report: &mut Report,
+) -> Result<()> {
     let cutover = Cutover {
-        engine: &engine,
-        proxy: &proxy,
+        engine,
+        proxy,
         out,
         switch: &args.switch,
     };
-    let strays = releases
+    let old = now.old.as_ref();
+    let strays = now
+        .releases
         .list
         .iter()
-        .filter(|c| (c.running || c.restarting) && Some(&c.id) != old.as_ref().map(|o| &o.id))
+        .filter(|c| (c.running || c.restarting) && Some(&c.id) != old.map(|o| &o.id))
         .cloned()
         .collect();
     let plan = Plan {
         app: &args.name,
-        new: &name,
+        new: name,
         health_path: &args.health_path,
         restarts_before: 0,
-        old: old.as_ref(),
+        old,
         strays,
         on_unhealthy: if args.keep_failed {
             OnUnhealthy::KeepFailed
@@ -226,14 +333,7 @@ pub async fn run(
         },
         keep: Some(args.keep),
     };
-    cutover.run(&plan, report).await?;
-    report.step("total", started.elapsed());
-    out.step(format!(
-        "deployed {} as {name} in {}",
-        args.image,
-        secs(started.elapsed())
-    ));
-    Ok(())
+    cutover.run(&plan, report).await
 }
 
 /// Which proxy app this deploy switches (see [`Proxy::resolve`]), with
