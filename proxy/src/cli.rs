@@ -54,6 +54,29 @@ pub struct Cli {
     #[arg(long, env = handoff_shared::CONTROL_SOCKET_ENV, default_value = handoff_shared::DEFAULT_CONTROL_SOCKET, value_name = "PATH", help_heading = "Control and state")]
     pub control: PathBuf,
 
+    /// Take over from the running handoff-proxy (same --control or
+    /// --upgrade-socket) without a gap: receive its listening sockets, load
+    /// the same state file, then it stops accepting, drains and exits 0. A
+    /// failure before this process is ready leaves the old one serving.
+    #[arg(long, help_heading = "Upgrade")]
+    pub upgrade: bool,
+
+    /// With --upgrade: start the new process in the background, wait until
+    /// the old one has drained, print the outcome and exit (0, or the new
+    /// process's exit code if it could not start); for `systemctl reload`.
+    #[arg(long, requires = "upgrade", help_heading = "Upgrade")]
+    pub background: bool,
+
+    /// Unix socket where the running process hands its sockets to a new one
+    /// (mode 0600); default: the control socket's path plus `.upgrade`.
+    #[arg(
+        long,
+        env = "HANDOFF_UPGRADE_SOCKET",
+        value_name = "PATH",
+        help_heading = "Upgrade"
+    )]
+    pub upgrade_socket: Option<PathBuf>,
+
     /// Group (name or gid) also allowed on the control socket; makes it mode 0660.
     #[arg(
         long,

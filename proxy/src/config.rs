@@ -14,6 +14,9 @@ pub struct Config {
     pub admin: Option<SocketAddr>,
     /// Control socket path.
     pub control: PathBuf,
+    /// Where a new process asks this one for its sockets (see
+    /// [`crate::upgrade`]); by default next to the control socket.
+    pub upgrade_socket: PathBuf,
     /// Group allowed on the control socket (mode 0660) besides root and our uid.
     pub control_group: Option<u32>,
     /// Where the active backend is persisted.

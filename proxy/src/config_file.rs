@@ -23,7 +23,10 @@ pub fn args_from_file(path: &Path, cmd: &Command, matches: &ArgMatches) -> Resul
         let long = key.replace('_', "-");
         let arg = cmd.get_arguments().find(|a| {
             a.get_long() == Some(long.as_str())
-                && !matches!(long.as_str(), "config" | "help" | "version")
+                && !matches!(
+                    long.as_str(),
+                    "config" | "help" | "version" | "upgrade" | "background"
+                )
         });
         let Some(arg) = arg else {
             bail!(

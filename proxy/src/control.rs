@@ -47,6 +47,10 @@ pub struct Control {
     /// Certificates to reload on `POST /v1/tls/reload`; none without TLS.
     pub tls: Option<Arc<crate::tls::CertResolver>>,
     pub metrics: &'static crate::metrics::Metrics,
+    /// Set once a new process took over the sockets (see
+    /// [`crate::upgrade`]): switches then belong to it, and this one
+    /// refuses them with 503.
+    pub handed_off: std::sync::atomic::AtomicBool,
 }
 
 /// Who may use the socket beyond what its file mode already enforces.
@@ -134,6 +138,13 @@ pub fn own_uid() -> u32 {
 }
 
 impl Control {
+    /// Marks this process as handed off (or not, when a hand-off fails at
+    /// its last step). Called with `switch_lock` held.
+    pub fn set_handed_off(&self, yes: bool) {
+        self.handed_off
+            .store(yes, std::sync::atomic::Ordering::SeqCst);
+    }
+
     pub async fn serve(
         self: Arc<Self>,
         listener: UnixListener,

@@ -114,6 +114,7 @@ impl Control {
         };
         let (app, created, switched) = {
             let _serial = self.switch_lock.lock().await;
+            self.refuse_after_hand_off()?;
             let current = self.apps.get(name);
             let spec = merged_spec(current.as_ref().map(|a| &a.spec), &req);
             self.apps.check(name, &spec).map_err(route_error)?;
@@ -167,6 +168,9 @@ impl Control {
     pub(crate) async fn delete_app(&self, name: &str, uid: u32) -> Response<ProxyBody> {
         let app = {
             let _serial = self.switch_lock.lock().await;
+            if let Err(resp) = self.refuse_after_hand_off() {
+                return resp;
+            }
             if self.apps.get(name).is_none() {
                 return no_such_app(name);
             }
@@ -198,6 +202,20 @@ impl Control {
                 drain_ms: outcome.waited.as_millis() as u64,
             },
         )
+    }
+
+    /// A process that handed its sockets to a new one (see
+    /// [`crate::upgrade`]) changes nothing more: the new one owns the state.
+    /// Called with the switch lock held.
+    #[allow(clippy::result_large_err)]
+    fn refuse_after_hand_off(&self) -> Result<(), Response<ProxyBody>> {
+        if self.handed_off.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "this handoff-proxy handed its sockets to a new process; send the change again",
+            ));
+        }
+        Ok(())
     }
 
     fn drain_timeout(&self, text: Option<&str>) -> Result<Duration, String> {

@@ -1,11 +1,36 @@
-//! handoff-proxy: a reverse proxy whose backend can be switched atomically,
-//! with the old backend drained before anyone stops it.
+//! handoff-proxy: a reverse proxy whose apps' backends can be switched
+//! atomically, with the old backend drained before anyone stops it.
 //!
-//! The pipeline, one module per step: [`listener`] accepts, [`forward`] picks
-//! the app from the route table ([`apps`], [`routes`]) and that app's active
-//! generation from its [`router`], and streams the exchange, [`drain`]
-//! counts what each generation still serves, [`control`] switches, [`state`]
-//! remembers. The binary (`main.rs`) turns flags into a [`config::Config`].
+//! # Architecture map
+//!
+//! One request, in order (the request path):
+//! - [`listener`]: accepts (one event loop per CPU, [`workers`]), TLS and
+//!   SNI ([`tls`]), the HTTP/2 preface check ([`preface`]), admission
+//!   ([`limits`]: Host, framing, sizes; 421 for a host the certificate does
+//!   not serve); [`wire`] times heads and idle connections, [`head_scan`]
+//!   spots smuggling-shaped heads, [`deadline`] is their clock.
+//! - [`forward`]: the named phases: refuse loops ([`headers`]' `Via`), pick
+//!   the app ([`apps`] holds every app, [`routes`] is the route table), read a
+//!   small body whole ([`buffering`]), pick that app's active generation
+//!   ([`router`]), forward over the proxy's own HTTP/1.1 client
+//!   ([`upstream`]: encode, exchange, decode, pool) or to an h2c backend
+//!   ([`forward_h2c`]), pass trailers ([`trailers`]), and stream the answer
+//!   back ([`body`]); [`linger`] gives an idle client's pinned upstream
+//!   connection back to the pool.
+//! - [`drain`] counts what each generation still serves; [`observe`] writes
+//!   the access log and feeds [`metrics`] ([`histogram`]), which [`admin`]
+//!   serves.
+//!
+//! One change, in order (the control path):
+//! - [`control`]: the Unix-socket API (access, JSON, TLS reload);
+//!   [`control_apps`]: apps and the default-app shorthands; [`switch`]
+//!   checks a backend before anything changes; [`state`] writes every app
+//!   down before a change is acknowledged.
+//!
+//! The process itself: [`config`] (built by `main.rs` from flags, env and
+//! TOML), [`sockets`] (bind, or receive from systemd or an old process),
+//! [`upgrade`] (hand the sockets to a new process), [`retire`] (close client
+//! connections without cutting a request).
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -28,12 +53,15 @@ pub mod listener;
 pub mod metrics;
 pub mod observe;
 pub mod preface;
+pub mod retire;
 pub mod router;
 pub mod routes;
+pub mod sockets;
 pub mod state;
 pub mod switch;
 pub mod tls;
 pub mod trailers;
+pub mod upgrade;
 pub mod upstream;
 pub mod wire;
 pub mod workers;
@@ -43,7 +71,6 @@ use handoff_shared::Listeners;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::net::TcpListener;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -62,16 +89,49 @@ pub enum ProxyError {
     Tls(#[from] tls::TlsError),
     #[error("cannot start the connection threads: {0}")]
     Workers(std::io::Error),
+    #[error(transparent)]
+    Upgrade(#[from] upgrade::UpgradeError),
 }
 
-/// Runs the proxy until `shutdown` resolves, then stops accepting, lets
-/// in-flight requests finish (up to the drain timeout) and returns.
-/// `on_ready` is called once every listener is bound.
+/// How the process gets its listening sockets, besides binding them.
+#[derive(Default)]
+pub struct Start {
+    /// Take them over from the running process (`--upgrade`).
+    pub take_over: bool,
+    /// Passed by systemd (socket activation).
+    pub activated: Option<upgrade::systemd::Activated>,
+}
+
+/// What the process tells once it serves.
+pub struct Ready<'a> {
+    pub listeners: &'a Listeners,
+    /// 1 when started afresh, one more than the old process's after a hand-off.
+    pub generation: u64,
+    /// After a hand-off: the old process's pid and the client connections
+    /// it still held (it finishes them itself).
+    pub took_over: Option<(u32, u64)>,
+}
+
+/// Runs the proxy until `shutdown` resolves or a new process takes its
+/// sockets over, then stops accepting, lets in-flight requests finish (up
+/// to the drain timeout) and returns. `on_ready` is called once every
+/// listener serves; after a hand-off, `on_report` gets the old process's
+/// drain outcome, from another thread.
 pub async fn run(
     config: Config,
+    mut start: Start,
     shutdown: impl Future<Output = ()>,
-    on_ready: impl FnOnce(&Listeners),
+    on_ready: impl FnOnce(&Ready),
+    on_report: impl FnOnce(u32, Result<upgrade::Report, upgrade::UpgradeError>) + Send + 'static,
 ) -> Result<(), ProxyError> {
+    let mut taker = match start.take_over {
+        true => Some(take_over(&config).await?),
+        false => None,
+    };
+    let generation = taker.as_ref().map_or(1, |t| t.offer.generation + 1);
+    if let Some(t) = &taker {
+        router::continue_after(t.offer.backend_generation);
+    }
     // One set of metrics for the life of the process: requests finish
     // (and are counted) on every connection thread, and a `&'static` costs
     // them no shared reference count.
@@ -79,61 +139,44 @@ pub async fn run(
     let apps = Arc::new(apps::Apps::new(config.upstream.clone(), metrics));
     restore_apps(&config, &apps)?;
 
-    let http = TcpListener::bind(config.http)
-        .await
-        .map_err(|source| ProxyError::Bind {
-            addr: config.http,
-            source,
-        })?;
-    let http_addr = http.local_addr().map_err(|source| ProxyError::Bind {
-        addr: config.http,
-        source,
-    })?;
-    let tls = match &config.tls {
-        Some(settings) => Some(listener::bind_tls(settings).await?),
-        None => None,
+    let systemd_owns = |role| {
+        start
+            .activated
+            .as_ref()
+            .is_some_and(|a: &upgrade::systemd::Activated| a.has_unix(role))
     };
-    let control_listener = control::bind(&config.control, config.control_group)?;
-    let admin_listener = match config.admin {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| ProxyError::Bind { addr, source })?,
-        ),
-        None => None,
-    };
+    let keep_files = (
+        systemd_owns(upgrade::Role::Control),
+        systemd_owns(upgrade::Role::Upgrade),
+    );
+    let sockets = sockets::Sockets::open(&config, taker.as_mut(), start.activated.as_mut()).await?;
+    let duplicates = sockets.duplicates().map_err(upgrade::UpgradeError::Io)?;
     let listeners = Listeners {
-        http: Some(http_addr.to_string()),
-        https: tls.as_ref().map(|t| t.addr.to_string()),
-        admin: admin_listener
+        http: sockets.http.local_addr().ok().map(|a| a.to_string()),
+        https: sockets.tls.as_ref().map(|t| t.addr.to_string()),
+        admin: sockets
+            .admin
             .as_ref()
             .and_then(|l| l.local_addr().ok())
             .map(|a| a.to_string()),
     };
+    metrics.set_process_generation(generation);
+    let retire = retire::Retire::new();
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let control = Arc::new(control::Control {
         apps: Arc::clone(&apps),
         state_path: config.state.clone(),
         default_drain_timeout: config.drain_timeout,
         listeners: listeners.clone(),
         switch_lock: tokio::sync::Mutex::new(()),
-        tls: tls.as_ref().map(|t| Arc::clone(&t.resolver)),
+        tls: sockets.tls.as_ref().map(|t| Arc::clone(&t.resolver)),
         metrics,
         access: control::Access {
             own_uid: control::own_uid(),
             group: config.control_group,
         },
+        handed_off: std::sync::atomic::AtomicBool::new(false),
     });
-    let control_task = tokio::spawn(control.serve(control_listener, stop_rx.clone()));
-
-    if let Some(listener) = admin_listener {
-        let admin = Arc::new(admin::Admin {
-            metrics,
-            apps: Arc::clone(&apps),
-        });
-        tokio::spawn(admin.serve(listener, stop_rx.clone()));
-    }
     let forwarder = Arc::new(forward::Forwarder {
         apps: Arc::clone(&apps),
         metrics,
@@ -141,31 +184,142 @@ pub async fn run(
         buffering: config.buffering,
     });
     let workers = Arc::new(workers::Workers::start(config.workers).map_err(ProxyError::Workers)?);
-    let (graceful, accept_tasks) = listener::start(
-        http,
-        tls,
+
+    // Everything is ready but nothing is accepted yet: after a hand-off,
+    // the old process stops only once it has answered this.
+    let took_over = match taker {
+        Some(t) => Some(confirm_take_over(t, on_report).await?),
+        None => None,
+    };
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let control_task = tokio::spawn(Arc::clone(&control).serve(sockets.control, stop_rx.clone()));
+    if let Some(listener) = sockets.admin {
+        let admin = Arc::new(admin::Admin {
+            metrics,
+            apps: Arc::clone(&apps),
+        });
+        tokio::spawn(admin.serve(listener, stop_rx.clone()));
+    }
+    let accept_tasks = listener::start(
+        sockets.http,
+        sockets.tls,
         forwarder,
         &config,
         Arc::clone(&workers),
+        Arc::clone(&retire),
         stop_rx.clone(),
     );
+    let giver = upgrade::give::Giver {
+        listener: sockets.upgrade,
+        sockets: duplicates,
+        control: Arc::clone(&control),
+        generation,
+        control_path: config.control.clone(),
+        upgrade_path: config.upgrade_socket.clone(),
+        retire: Arc::clone(&retire),
+        metrics,
+    };
+    let mut give_task = tokio::spawn(giver.serve(stop_rx.clone()));
 
-    on_ready(&listeners);
-    tracing::info!(http = %http_addr, control = %config.control.display(), workers = config.workers, "handoff-proxy ready");
+    on_ready(&Ready {
+        listeners: &listeners,
+        generation,
+        took_over,
+    });
+    tracing::info!(http = ?listeners.http, control = %config.control.display(), workers = config.workers, generation, pid = std::process::id(), "handoff-proxy ready");
+    upgrade::systemd::notify(&format!("MAINPID={}\nREADY=1", std::process::id()));
 
-    shutdown.await;
-    tracing::info!("shutting down: no new connections, waiting for in-flight requests");
+    let handed_off = tokio::select! {
+        () = shutdown => {
+            give_task.abort();
+            upgrade::systemd::notify("STOPPING=1");
+            tracing::info!(generation, "shutting down: no new connections, waiting for in-flight requests");
+            None
+        }
+        done = &mut give_task => done.ok().flatten(),
+    };
+    if let Some(h) = &handed_off {
+        tracing::info!(
+            generation,
+            taker_pid = h.taker_pid,
+            connections = h.connections,
+            "handed over: no new connections here, waiting for in-flight requests"
+        );
+    }
     let _ = stop_tx.send(true);
     for task in accept_tasks {
         let _ = task.await;
     }
-    let deadline = tokio::time::Instant::now() + config.drain_timeout;
-    let graceful =
-        Arc::try_unwrap(graceful).unwrap_or_else(|_| unreachable!("accept loops have ended"));
-    let connections_closed = tokio::time::timeout_at(deadline, graceful.shutdown())
+    let report = drain_and_stop(&config, &apps, &retire, workers).await;
+    control_task.abort();
+
+    let kept = handed_off.as_ref().map_or(&[][..], |h| &h.kept[..]);
+    if !keep_files.0 && !kept.contains(&upgrade::Role::Control) {
+        let _ = std::fs::remove_file(&config.control);
+    }
+    if !keep_files.1 && !kept.contains(&upgrade::Role::Upgrade) {
+        let _ = std::fs::remove_file(&config.upgrade_socket);
+    }
+    tracing::info!(
+        generation,
+        connections_closed = report.connections_closed,
+        drained = report.drained,
+        in_flight = report.in_flight,
+        "stopped"
+    );
+    if let Some(h) = handed_off {
+        h.report(report);
+    }
+    Ok(())
+}
+
+/// `--upgrade`: receives the running process's sockets.
+async fn take_over(config: &Config) -> Result<upgrade::take::Taker, ProxyError> {
+    let path = config.upgrade_socket.clone();
+    tokio::task::spawn_blocking(move || upgrade::take::connect(&path))
+        .await
+        .map_err(|e| upgrade::UpgradeError::Protocol(e.to_string()))?
+        .map_err(ProxyError::from)
+}
+
+/// Tells the old process this one is ready and waits for its answer; then
+/// waits, on a thread of its own, for its drain report.
+async fn confirm_take_over(
+    mut taker: upgrade::take::Taker,
+    on_report: impl FnOnce(u32, Result<upgrade::Report, upgrade::UpgradeError>) + Send + 'static,
+) -> Result<(u32, u64), ProxyError> {
+    let pid = taker.offer.pid;
+    let (taker, accepted) = tokio::task::spawn_blocking(move || {
+        let accepted = taker.ready();
+        (taker, accepted)
+    })
+    .await
+    .map_err(|e| upgrade::UpgradeError::Protocol(e.to_string()))?;
+    let accepted = accepted?;
+    tracing::info!(
+        old_pid = pid,
+        old_connections = accepted.connections,
+        "took over the listening sockets; the old process drains"
+    );
+    std::thread::spawn(move || on_report(pid, taker.report()));
+    Ok((pid, accepted.connections))
+}
+
+/// Retires the client connections, waits for requests and tunnels up to
+/// the drain timeout, then stops the connection threads.
+async fn drain_and_stop(
+    config: &Config,
+    apps: &apps::Apps,
+    retire: &retire::Retire,
+    workers: Arc<workers::Workers>,
+) -> upgrade::Report {
+    let start = tokio::time::Instant::now();
+    let deadline = start + config.drain_timeout;
+    let connections_closed = tokio::time::timeout_at(deadline, retire.retire_all())
         .await
         .is_ok();
-    // Upgraded connections (WebSockets) left hyper's watch; wait for them too.
+    // Upgraded connections (WebSockets) left hyper; wait for them too.
     let all: Vec<_> = apps.generations().into_iter().map(|(_, g, _)| g).collect();
     for g in &all {
         g.retire();
@@ -175,21 +329,17 @@ pub async fn run(
         deadline.saturating_duration_since(tokio::time::Instant::now()),
     )
     .await;
-    control_task.abort();
     // Stops the connection threads; what is left on them (idle upstream
     // connections, tunnels past the deadline) is cut.
     drop(workers);
-    let _ = std::fs::remove_file(&config.control);
-    tracing::info!(
+    upgrade::Report {
         connections_closed,
-        drained = outcome.drained,
-        in_flight = outcome.in_flight,
-        "stopped"
-    );
-    Ok(())
+        drained: outcome.drained,
+        in_flight: outcome.in_flight,
+        waited_ms: start.elapsed().as_millis() as u64,
+    }
 }
 
-/// The state file wins over `--backend`, so a restart never undoes a deploy.
 /// Brings back every app from the state file; with none there, `--backend`
 /// becomes the default app (and is written down).
 fn restore_apps(config: &Config, apps: &apps::Apps) -> Result<(), ProxyError> {

@@ -19,7 +19,6 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -91,6 +90,9 @@ pub struct Front {
     pub redirect: Option<Redirect>,
     /// `Strict-Transport-Security` value added to https responses.
     pub hsts: Option<HeaderValue>,
+    /// On the TLS listener: the certificates, to tell whether a request's
+    /// host is one its connection's certificate is for (else 421).
+    pub certs: Option<Arc<crate::tls::CertResolver>>,
 }
 
 /// What the checks made of a request.
@@ -137,7 +139,7 @@ impl Front {
     }
 
     /// The checks every request passes before a backend is involved.
-    fn admit(&self, req: Request<Incoming>, flags: &ConnFlags) -> Admission {
+    fn admit(&self, req: Request<Incoming>, flags: &ConnFlags, sni: Option<&str>) -> Admission {
         let h1 = req.version() <= Version::HTTP_11;
         if h1 && flags.framing_conflict() {
             return Admission::Answer(reject(
@@ -150,6 +152,27 @@ impl Front {
         }
         if let Err(r) = limits::check(&req, self.limits.max_body) {
             return Admission::Answer(reject(r, h1));
+        }
+        if let Some(certs) = &self.certs {
+            // A connection reused for another host (HTTP/2 coalescing) must
+            // not reach an app its certificate does not vouch for
+            // (RFC 9110 §15.5.20).
+            let host = req
+                .uri()
+                .authority()
+                .map(|a| a.as_str())
+                .or_else(|| req.headers().get(header::HOST)?.to_str().ok());
+            if let Some(host) = host {
+                if !certs.covers(sni, &crate::routes::host_of(host)) {
+                    return Admission::Answer(reject(
+                        Rejection {
+                            status: StatusCode::MISDIRECTED_REQUEST,
+                            reason: "this connection's certificate is not for that host\n",
+                        },
+                        h1,
+                    ));
+                }
+            }
         }
         if let Some(redirect) = &self.redirect {
             let path = req.uri().path();
@@ -239,6 +262,8 @@ pub struct Accept {
     pub idle_timeout: Duration,
     pub header_timeout: Duration,
     pub metrics: &'static crate::metrics::Metrics,
+    /// Counts the connections and ends them on shutdown or hand-off.
+    pub retire: Arc<crate::retire::Retire>,
 }
 
 /// Accepts until `shutdown` flips. Switches never touch these connections:
@@ -249,7 +274,6 @@ pub async fn serve(
     front: Arc<Front>,
     tls: Option<TlsAcceptor>,
     accept: Arc<Accept>,
-    graceful: Arc<GracefulShutdown>,
     workers: Arc<Workers>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -286,7 +310,7 @@ pub async fn serve(
                 continue;
             }
         };
-        let watcher = graceful.watcher();
+        let tracked = accept.retire.track();
         let (front, accept, tls) = (Arc::clone(&front), Arc::clone(&accept), tls.clone());
         workers.spawn(async move {
             let _permit = permit;
@@ -298,14 +322,15 @@ pub async fn serve(
                 }
             };
             match tls {
-                None => serve_connection(stream, peer, scheme, front, &accept, watcher).await,
+                None => serve_connection(stream, peer, None, scheme, front, &accept, tracked).await,
                 Some(tls) => {
                     match tokio::time::timeout(accept.handshake_timeout, tls.accept(stream)).await {
                         Ok(Ok(stream)) if stream.get_ref().1.alpn_protocol() == Some(b"h2") => {
                             accept.metrics.tls_handshake(true);
+                            let sni = stream.get_ref().1.server_name().map(Box::from);
                             match crate::preface::expect_h2(stream, accept.header_timeout).await {
                                 Ok(io) => {
-                                    serve_connection(io, peer, scheme, front, &accept, watcher)
+                                    serve_connection(io, peer, sni, scheme, front, &accept, tracked)
                                         .await
                                 }
                                 Err(e) => {
@@ -315,7 +340,9 @@ pub async fn serve(
                         }
                         Ok(Ok(stream)) => {
                             accept.metrics.tls_handshake(true);
-                            serve_connection(stream, peer, scheme, front, &accept, watcher).await
+                            let sni = stream.get_ref().1.server_name().map(Box::from);
+                            serve_connection(stream, peer, sni, scheme, front, &accept, tracked)
+                                .await
                         }
                         Ok(Err(e)) => {
                             accept.metrics.tls_handshake(false);
@@ -335,10 +362,11 @@ pub async fn serve(
 async fn serve_connection<I>(
     io: I,
     peer: SocketAddr,
+    sni: Option<Box<str>>,
     scheme: Scheme,
     front: Arc<Front>,
     accept: &Accept,
-    watcher: hyper_util::server::graceful::Watcher,
+    tracked: crate::retire::Tracked,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -350,19 +378,29 @@ async fn serve_connection<I>(
         client: ClientConn::new(peer),
         flags,
         scheme,
+        sni,
+        retire: Arc::clone(&accept.retire),
     });
     let service = {
         let conn = Arc::clone(&conn);
         hyper::service::service_fn(move |req| {
             let conn = Arc::clone(&conn);
             conn.flags.head_read();
+            let h1 = req.version() <= Version::HTTP_11;
+            if !h1 {
+                conn.flags.saw_http2();
+            }
             // Checked before the future is made, so it holds only what passed.
-            let mut admission = conn.front.admit(req, &conn.flags);
+            let mut admission = conn.front.admit(req, &conn.flags, conn.sni.as_deref());
             async move {
-                let resp = conn
+                let mut resp = conn
                     .front
                     .handle(&mut admission, &conn.client, conn.scheme)
                     .await;
+                if h1 && conn.retire.closing() {
+                    resp.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
                 // After a 101 the connection is a tunnel, never between requests.
                 let conn = (resp.status() != StatusCode::SWITCHING_PROTOCOLS).then_some(conn);
                 Ok::<_, std::convert::Infallible>(resp.map(|body| Answer { body, conn }))
@@ -373,10 +411,11 @@ async fn serve_connection<I>(
         .builder
         .serve_connection_with_upgrades(TokioIo::new(io), service)
         .into_owned();
-    let mut http = std::pin::pin!(watcher.watch(http));
+    let served = crate::retire::serve(tracked, http, &conn.flags);
+    let mut served = std::pin::pin!(served);
     let mut linger = Linger::new(&conn.client.pinned, &conn.front.forwarder.apps, &conn.flags);
     let served = std::future::poll_fn(|cx| {
-        let polled = http.as_mut().poll(cx);
+        let polled = served.as_mut().poll(cx);
         if polled.is_pending() {
             linger.poll(cx);
         }
@@ -429,6 +468,9 @@ struct Conn {
     client: ClientConn,
     flags: Arc<ConnFlags>,
     scheme: Scheme,
+    /// The name the TLS client asked for, if any.
+    sni: Option<Box<str>>,
+    retire: Arc<crate::retire::Retire>,
 }
 
 /// The TLS listener, bound and with its certificates loaded.
@@ -440,9 +482,11 @@ pub struct TlsBound {
 }
 
 /// Loads the certificates (a bad one fails startup, naming the file), binds
-/// `--https` and reloads the certificates on SIGHUP from then on.
+/// `--https` (or takes the socket `inherited` from a previous process) and
+/// reloads the certificates on SIGHUP from then on.
 pub async fn bind_tls(
     settings: &crate::config::TlsListener,
+    inherited: Option<std::net::TcpListener>,
 ) -> Result<TlsBound, crate::ProxyError> {
     let bind_err = |source| crate::ProxyError::Bind {
         addr: settings.addr,
@@ -450,7 +494,10 @@ pub async fn bind_tls(
     };
     let resolver = Arc::new(crate::tls::CertResolver::new(settings.certs.clone())?);
     let acceptor = TlsAcceptor::from(crate::tls::server_config(Arc::clone(&resolver))?);
-    let listener = TcpListener::bind(settings.addr).await.map_err(bind_err)?;
+    let listener = match inherited {
+        Some(l) => crate::upgrade::take::into_tokio(l).map_err(bind_err)?,
+        None => TcpListener::bind(settings.addr).await.map_err(bind_err)?,
+    };
     let addr = listener.local_addr().map_err(bind_err)?;
     crate::tls::reload_on_sighup(Arc::clone(&resolver)).map_err(bind_err)?;
     let loaded = resolver.loaded();
@@ -464,16 +511,17 @@ pub async fn bind_tls(
 }
 
 /// Starts the accept loops: plain HTTP (forwarding, or redirecting to https)
-/// and, when configured, TLS. Returns the graceful-shutdown handle and the
-/// loops, which end when `stop` flips.
+/// and, when configured, TLS. Returns the loops, which end when `stop`
+/// flips; `retire` then ends their connections.
 pub fn start(
     http: TcpListener,
     tls: Option<TlsBound>,
     forwarder: Arc<Forwarder>,
     config: &crate::config::Config,
     workers: Arc<Workers>,
+    retire: Arc<crate::retire::Retire>,
     stop: watch::Receiver<bool>,
-) -> (Arc<GracefulShutdown>, Vec<tokio::task::JoinHandle<()>>) {
+) -> Vec<tokio::task::JoinHandle<()>> {
     let limits = config.limits.clone();
     let accept = Arc::new(Accept {
         builder: Arc::new(connection_builder(&limits)),
@@ -482,16 +530,17 @@ pub fn start(
         idle_timeout: limits.idle_timeout,
         header_timeout: config.header_read_timeout,
         metrics: forwarder.metrics,
+        retire,
     });
-    let graceful = Arc::new(GracefulShutdown::new());
     let settings = config.tls.as_ref();
-    let front = |redirect, hsts| {
+    let front = |redirect, hsts, certs| {
         Arc::new(Front {
             forwarder: Arc::clone(&forwarder),
             limits: limits.clone(),
             header_timeout: config.header_read_timeout,
             redirect,
             hsts,
+            certs,
         })
     };
     let redirect = match (&tls, settings.and_then(|s| s.redirect_exempt.clone())) {
@@ -501,13 +550,12 @@ pub fn start(
         }),
         _ => None,
     };
-    let plain = front(redirect, None);
+    let plain = front(redirect, None, None);
     let mut tasks = vec![tokio::spawn(serve(
         http,
         plain,
         None,
         Arc::clone(&accept),
-        Arc::clone(&graceful),
         Arc::clone(&workers),
         stop.clone(),
     ))];
@@ -515,16 +563,15 @@ pub fn start(
         let hsts = settings
             .and_then(|s| s.hsts_max_age)
             .and_then(|age| HeaderValue::from_str(&format!("max-age={}", age.as_secs())).ok());
-        let secure = front(None, hsts);
+        let secure = front(None, hsts, Some(Arc::clone(&t.resolver)));
         tasks.push(tokio::spawn(serve(
             t.listener,
             secure,
             Some(t.acceptor),
             accept,
-            Arc::clone(&graceful),
             workers,
             stop,
         )));
     }
-    (graceful, tasks)
+    tasks
 }

@@ -19,6 +19,12 @@ use std::io::Write;
 
 fn main() -> Result<()> {
     let cli = parse_cli()?;
+    if cli.background {
+        let outcome = handoff_proxy::upgrade::launch::run(std::env::args_os().collect())
+            .context("starting the new handoff-proxy")?;
+        println!("{}", outcome.summary);
+        std::process::exit(outcome.exit_code);
+    }
     let filter =
         tracing_subscriber::EnvFilter::try_new(&cli.log).context("invalid --log filter")?;
     let logs = tracing_subscriber::fmt()
@@ -43,10 +49,23 @@ fn main() -> Result<()> {
         .context("--control-group")?;
     let tls = cli.tls().map_err(anyhow::Error::msg)?;
     let limits = cli.limits().map_err(anyhow::Error::msg)?;
+    // Before any thread starts: this reads and clears LISTEN_FDS.
+    let activated = handoff_proxy::upgrade::systemd::Activated::from_env()
+        .context("socket activation (LISTEN_FDS)")?;
+    let upgrade_socket = cli
+        .upgrade_socket
+        .clone()
+        .unwrap_or_else(|| handoff_proxy::upgrade::default_socket(&cli.control));
+    let upgrading = cli.upgrade;
+    let start = handoff_proxy::Start {
+        take_over: cli.upgrade,
+        activated: Some(activated),
+    };
     let config = Config {
         admin: cli.admin.0,
         http: cli.http,
         control: cli.control,
+        upgrade_socket,
         control_group,
         state: cli.state,
         backend: cli.backend,
@@ -78,28 +97,87 @@ fn main() -> Result<()> {
         }
         shutdown_signal()?
     };
-    runtime.block_on(async move {
-        let control_path = config.control.clone();
-        handoff_proxy::run(config, shutdown, |listeners| {
-            // One stable line on stdout: scripts and tests wait for it.
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(
-                out,
-                "handoff-proxy ready http={} admin={} control={}{}",
-                listeners.http.as_deref().unwrap_or("-"),
-                listeners.admin.as_deref().unwrap_or("-"),
-                control_path.display(),
-                listeners
-                    .https
-                    .as_deref()
-                    .map(|a| format!(" https={a}"))
-                    .unwrap_or_default()
-            );
-            let _ = out.flush();
+    runtime
+        .block_on(async move {
+            let control_path = config.control.clone();
+            handoff_proxy::run(
+                config,
+                start,
+                shutdown,
+                |ready| print_ready(ready, &control_path),
+                print_report,
+            )
+            .await
         })
-        .await
-    })?;
+        .context(if upgrading {
+            "upgrade failed; the running handoff-proxy keeps its sockets and keeps serving"
+        } else {
+            "handoff-proxy stopped"
+        })?;
     Ok(())
+}
+
+/// One stable line on stdout: scripts and tests wait for it. The fields
+/// after `control=` come and go (https, then generation and, after a
+/// hand-off, the old process); parse them by name.
+fn print_ready(ready: &handoff_proxy::Ready, control: &std::path::Path) {
+    let listeners = ready.listeners;
+    let mut line = format!(
+        "handoff-proxy ready http={} admin={} control={}",
+        listeners.http.as_deref().unwrap_or("-"),
+        listeners.admin.as_deref().unwrap_or("-"),
+        control.display(),
+    );
+    if let Some(https) = &listeners.https {
+        line += &format!(" https={https}");
+    }
+    line += &format!(
+        " generation={} pid={}",
+        ready.generation,
+        std::process::id()
+    );
+    if let Some((pid, connections)) = ready.took_over {
+        line += &format!(" took_over_from={pid} old_connections={connections}");
+    }
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// After a hand-off, one more line when the old process finished draining
+/// (or went away without saying): `handoff-proxy old-process pid=N
+/// drained=true in_flight=0 connections_closed=true waited_ms=N`, or
+/// `... drained=unknown error="..."`.
+fn print_report(
+    pid: u32,
+    report: Result<handoff_proxy::upgrade::Report, handoff_proxy::upgrade::UpgradeError>,
+) {
+    let line = match report {
+        Ok(r) => {
+            tracing::info!(
+                old_pid = pid,
+                drained = r.drained,
+                in_flight = r.in_flight,
+                connections_closed = r.connections_closed,
+                waited_ms = r.waited_ms,
+                "the old process finished"
+            );
+            format!(
+                "handoff-proxy old-process pid={pid} drained={} in_flight={} connections_closed={} waited_ms={}",
+                r.drained, r.in_flight, r.connections_closed, r.waited_ms
+            )
+        }
+        Err(e) => {
+            tracing::warn!(old_pid = pid, error = %e, "the old process ended without a drain report");
+            format!(
+                "handoff-proxy old-process pid={pid} drained=unknown error={:?}",
+                e.to_string()
+            )
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
 }
 
 /// Flags and env first; then, with `--config`, again with the file's settings

@@ -47,6 +47,8 @@ pub struct Metrics {
     upstream_errors: Family<Labels, Counter>,
     tls_handshakes: Family<Labels, Counter>,
     in_flight: Family<Labels, Gauge>,
+    process_generation: Gauge,
+    handoffs: Family<Labels, Counter>,
     /// Scrapes rebuild the in-flight series; one at a time.
     scrape: Mutex<()>,
 }
@@ -113,6 +115,18 @@ impl Metrics {
             "Requests in flight, by app and backend generation",
             in_flight.clone(),
         );
+        let process_generation = Gauge::default();
+        registry.register(
+            "process_generation",
+            "This process's generation: 1 when started afresh, one more at each hand-off to a new process",
+            process_generation.clone(),
+        );
+        let handoffs = Family::<Labels, Counter>::default();
+        registry.register(
+            "handoffs",
+            "Hand-offs of the listening sockets to a new process, by outcome (completed, abandoned)",
+            handoffs.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -124,6 +138,8 @@ impl Metrics {
             upstream_errors,
             tls_handshakes,
             in_flight,
+            process_generation,
+            handoffs,
             scrape: Mutex::new(()),
         }
     }
@@ -157,6 +173,18 @@ impl Metrics {
                 ("class", format!("{}xx", i + 1)),
             ]);
         }
+    }
+
+    pub fn set_process_generation(&self, generation: u64) {
+        self.process_generation
+            .set(i64::try_from(generation).unwrap_or(i64::MAX));
+    }
+
+    /// A hand-off this process offered ended (`completed` or `abandoned`).
+    pub fn handoff(&self, outcome: &'static str) {
+        self.handoffs
+            .get_or_create(&vec![("outcome", outcome.to_string())])
+            .inc();
     }
 
     pub fn switched(&self) {

@@ -13,6 +13,18 @@ use std::sync::{Arc, Mutex};
 /// the same generation, whichever app that request is for.
 static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
 
+/// The id of the newest generation made so far (0 before the first).
+pub fn last_generation() -> u64 {
+    NEXT_GENERATION.load(SeqCst) - 1
+}
+
+/// Numbers the next generation after `last`, so that a process that took
+/// over from another (see [`crate::upgrade`]) continues its numbering.
+/// Called before the first switch.
+pub fn continue_after(last: u64) {
+    NEXT_GENERATION.fetch_max(last + 1, SeqCst);
+}
+
 /// Holds one app's active generation and the ones still draining.
 ///
 /// The request path calls [`Router::acquire`] only: one `ArcSwap` load, one

@@ -175,6 +175,17 @@ impl CertResolver {
         Ok(loaded)
     }
 
+    /// Whether a request for `host` on a connection whose client asked for
+    /// `sni` is one the connection's certificate serves: the name is the
+    /// SNI, or picks the very certificate the SNI picked.
+    pub fn covers(&self, sni: Option<&str>, host: &str) -> bool {
+        if sni.is_some_and(|s| s.eq_ignore_ascii_case(host)) {
+            return true;
+        }
+        let set = self.current.load();
+        Arc::ptr_eq(&set.pick(sni), &set.pick(Some(host)))
+    }
+
     pub fn loaded(&self) -> Loaded {
         self.current.load().loaded.clone()
     }

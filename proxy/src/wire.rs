@@ -36,6 +36,8 @@ pub struct ConnFlags {
     /// The last write to the client could not be taken: the client reads
     /// slower than answers come (see [`crate::linger`]).
     write_blocked: AtomicBool,
+    /// An HTTP/2 request came in: the connection is HTTP/2.
+    http2: AtomicBool,
 }
 
 impl ConnFlags {
@@ -60,6 +62,23 @@ impl ConnFlags {
     /// called for a 101, after which the connection carries a tunnel.
     pub fn answered(&self) {
         self.answered.fetch_add(1, Relaxed);
+    }
+
+    /// Marks the connection as HTTP/2 (told by the service, per request).
+    pub fn saw_http2(&self) {
+        self.http2.store(true, Relaxed);
+    }
+
+    pub fn is_http2(&self) -> bool {
+        self.http2.load(Relaxed)
+    }
+
+    /// The count of answers so far when every request read was answered
+    /// (the connection waits for the next one), else `None`. Read by
+    /// [`retire`](crate::retire), never on the request path.
+    pub fn between_requests(&self) -> Option<u64> {
+        let answered = self.answered.load(Relaxed);
+        (self.heads.load(Relaxed) == answered).then_some(answered)
     }
 }
 

@@ -2,6 +2,7 @@
 //! 127.0.0.1, and a keep-alive load generator. Nothing here is a mock.
 
 pub mod backend;
+pub mod churn;
 pub mod docker;
 pub mod load;
 pub mod proxy;

@@ -51,8 +51,7 @@ pub fn start(addr: SocketAddr, path: &str, clients: usize, max: Duration) -> Loa
     start_for_host(addr, "test.local", path, clients, max)
 }
 
-/// [`start`] with the `Host` header to send, for a proxy that routes apps
-/// by host name.
+/// [`start`] with `Host: host`, for a proxy that routes by host.
 pub fn start_for_host(
     addr: SocketAddr,
     host: &str,

@@ -20,6 +20,10 @@ pub struct Proxy {
     /// Where the proxy's own log (stderr) goes; printed when a test fails.
     pub log: PathBuf,
     pub dir: PathBuf,
+    /// The ready line, as printed.
+    pub ready_line: String,
+    /// Lines printed on stdout after the ready line.
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
     child: Option<Child>,
     _tmp: Option<Arc<TempDir>>,
 }
@@ -43,6 +47,15 @@ impl Proxy {
 
     /// Like [`start_in`], but returns the failure (exit status and log) instead of panicking.
     pub async fn try_start_in(dir: &Path, extra: &[&str]) -> Result<Proxy, String> {
+        Self::try_start_with(dir, extra, &[]).await
+    }
+
+    /// Like [`try_start_in`], with extra environment variables.
+    pub async fn try_start_with(
+        dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Result<Proxy, String> {
         let control = dir.join("control.sock");
         let state = dir.join("state.json");
         let log = dir.join(format!(
@@ -66,6 +79,7 @@ impl Proxy {
             .arg(&state)
             .args(extra)
             .env("RUST_LOG", "info,handoff_proxy=debug")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).expect("log file"))
@@ -86,7 +100,12 @@ impl Proxy {
             }
         };
         // Keep draining stdout so the proxy never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let _ = tx.send(line);
+            }
+        });
         let http = line
             .split_whitespace()
             .find_map(|w| w.strip_prefix("http="))
@@ -108,9 +127,39 @@ impl Proxy {
             state,
             log,
             dir: dir.to_path_buf(),
+            ready_line: line,
+            lines: rx,
             child: Some(child),
             _tmp: None,
         })
+    }
+
+    /// Starts a new process on the same control socket and state with
+    /// `--upgrade` and `extra`, which takes this one's sockets over; returns
+    /// it once it printed its ready line, or how it failed.
+    pub async fn upgrade(&self, extra: &[&str]) -> Result<Proxy, String> {
+        self.upgrade_with(extra, &[]).await
+    }
+
+    /// Like [`upgrade`], with extra environment variables.
+    pub async fn upgrade_with(
+        &self,
+        extra: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Result<Proxy, String> {
+        let mut args = vec!["--upgrade"];
+        args.extend_from_slice(extra);
+        let mut next = Self::try_start_with(&self.dir, &args, env).await?;
+        next._tmp = self._tmp.clone();
+        Ok(next)
+    }
+
+    /// The next line the proxy prints on stdout after its ready line.
+    pub async fn next_line(&mut self, timeout: Duration) -> Option<String> {
+        tokio::time::timeout(timeout, self.lines.recv())
+            .await
+            .ok()
+            .flatten()
     }
 
     pub fn client(&self) -> ControlClient {

@@ -5,7 +5,8 @@
 use clap::{ArgAction, Command};
 
 /// Keys that cannot go in the file (the file itself, and clap's own flags).
-const NOT_IN_FILE: &[&str] = &["config", "help", "version"];
+/// `upgrade` and `background` start a hand-off: a command, not a setting.
+const NOT_IN_FILE: &[&str] = &["config", "help", "version", "upgrade", "background"];
 
 /// The marker on example lines that have no default: uncommenting those
 /// needs a real value first.
