@@ -111,6 +111,7 @@ impl Front {
         admission: &mut Admission,
         client: &ClientConn,
         scheme: Scheme,
+        repeat: bool,
     ) -> Response<ProxyBody> {
         let req = match admission {
             Admission::Forward(req) => req,
@@ -122,11 +123,14 @@ impl Front {
             },
             Admission::Answer(resp) => return std::mem::take(resp),
         };
-        let h1 = req.version() <= Version::HTTP_11;
-        // HTTP/2 streams run concurrently and cannot share one pinned connection.
+        // HTTP/2 streams run concurrently and cannot share one pinned
+        // connection. An HTTP/1 connection's first answer goes to the pool:
+        // many clients send one request (or, reading slowly, never get to
+        // their next), and a pin would keep it from everyone else.
+        let pin = repeat && req.version() <= Version::HTTP_11;
         let mut resp = self
             .forwarder
-            .handle(req, client, scheme.as_str(), h1)
+            .handle(req, client, scheme.as_str(), pin)
             .await;
         if let (Scheme::Https, Some(hsts)) = (scheme, &self.hsts) {
             resp.headers_mut()
@@ -343,13 +347,13 @@ async fn serve_connection<I>(
         let conn = Arc::clone(&conn);
         hyper::service::service_fn(move |req| {
             let conn = Arc::clone(&conn);
-            conn.flags.head_read();
+            let repeat = conn.flags.head_read() > 1;
             // Checked before the future is made, so it holds only what passed.
             let mut admission = conn.front.admit(req, &conn.flags);
             async move {
                 let resp = conn
                     .front
-                    .handle(&mut admission, &conn.client, conn.scheme)
+                    .handle(&mut admission, &conn.client, conn.scheme, repeat)
                     .await;
                 // After a 101 the connection is a tunnel, never between requests.
                 let conn = (resp.status() != StatusCode::SWITCHING_PROTOCOLS).then_some(conn);
