@@ -73,6 +73,7 @@ impl Front {
         admission: &mut Admission,
         client: &ClientConn,
         scheme: Scheme,
+        repeat: bool,
     ) -> Response<ProxyBody> {
         let req = match admission {
             Admission::Forward(req) => req,
@@ -84,11 +85,14 @@ impl Front {
             },
             Admission::Answer(resp) => return std::mem::take(resp),
         };
-        let h1 = req.version() <= Version::HTTP_11;
-        // HTTP/2 streams run concurrently and cannot share one pinned connection.
+        // HTTP/2 streams run concurrently and cannot share one pinned
+        // connection. An HTTP/1 connection's first answer goes to the pool:
+        // many clients send one request (or, reading slowly, never get to
+        // their next), and a pin would keep it from everyone else.
+        let pin = repeat && req.version() <= Version::HTTP_11;
         let mut resp = self
             .forwarder
-            .handle(req, client, scheme.as_str(), h1)
+            .handle(req, client, scheme.as_str(), pin)
             .await;
         if let (Scheme::Https, Some(hsts)) = (scheme, &self.hsts) {
             resp.headers_mut()

@@ -187,7 +187,7 @@ async fn serve_connection<I>(
         let conn = Arc::clone(&conn);
         hyper::service::service_fn(move |req| {
             let conn = Arc::clone(&conn);
-            conn.flags.head_read();
+            let repeat = conn.flags.head_read() > 1;
             let h1 = req.version() <= Version::HTTP_11;
             if !h1 {
                 conn.flags.saw_http2();
@@ -197,7 +197,7 @@ async fn serve_connection<I>(
             async move {
                 let mut resp = conn
                     .front
-                    .handle(&mut admission, &conn.client, conn.scheme)
+                    .handle(&mut admission, &conn.client, conn.scheme, repeat)
                     .await;
                 if h1 && conn.retire.closing() {
                     resp.headers_mut()
