@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # handoff in one command: build a demo app image, start handoff-proxy on
 # 127.0.0.1:8088, deploy v1, put it under load, deploy v2 in the middle of the
-# load, and count every response. Needs Rust (cargo), Docker and curl.
+# load, and count every response. A second app on its own host
+# (admin.localhost) shares the same proxy, untouched by the first one's
+# deploy. Needs Rust (cargo), Docker and curl.
 #
 #   ./demo.sh                      # DEMO_PORT=9000 ./demo.sh to use another port
 #
@@ -14,6 +16,8 @@ cd "$(dirname "$0")"
 PORT=${DEMO_PORT:-8088}
 ADMIN_PORT=${DEMO_ADMIN_PORT:-9188}
 APP=handoff-demo
+ADMIN_APP=handoff-demo-admin   # a second app, routed by Host through the same proxy
+ADMIN_HOST=admin.localhost
 WORKERS=4          # keep-alive clients sending short requests
 BATCH=10           # short requests per curl run; a timestamp is taken per run
 LOAD_MAX_SECONDS=60
@@ -55,7 +59,10 @@ cleanup() {
 }
 remove_containers() {
     local ids=()
-    mapfile -t ids < <(docker ps -aq --filter "label=handoff.app=$APP" 2>/dev/null || true)
+    mapfile -t ids < <(
+        docker ps -aq --filter "label=handoff.app=$APP" 2>/dev/null || true
+        docker ps -aq --filter "label=handoff.app=$ADMIN_APP" 2>/dev/null || true
+    )
     if [ ${#ids[@]} -gt 0 ]; then docker rm -f "${ids[@]}" >/dev/null 2>&1 || true; fi
 }
 trap cleanup EXIT
@@ -110,6 +117,15 @@ deploy() {
 say "Deploying v1"
 deploy v1
 echo "curl http://127.0.0.1:$PORT/  ->  $(curl -s "http://127.0.0.1:$PORT/")"
+
+say "A second app on its own host, through the same proxy"
+admin_args_deploy=(deploy --image "$APP:v1" --name "$ADMIN_APP" --host "$ADMIN_HOST" --container-port 8080
+    --health-path /health --pull never --stop-timeout 2s)
+echo "\$ handoff ${admin_args_deploy[*]}"
+handoff "${admin_args_deploy[@]}"
+echo "curl -H 'Host: $ADMIN_HOST' http://127.0.0.1:$PORT/  ->  $(curl -s -H "Host: $ADMIN_HOST" "http://127.0.0.1:$PORT/")"
+echo "\$ handoff list"
+handoff list | sed 's/^/  /'
 
 # --- load ---------------------------------------------------------------------
 # Each client is a loop of curl runs over one keep-alive connection; every
@@ -186,6 +202,8 @@ awk -v ds=$((deploy_start - load_start)) -v de=$((deploy_end - load_start)) -v e
     }' "$out/responses.txt" >"$out/chart.svg"
 
 say "What the clients saw"
+admin_after=$(curl -s -H "Host: $ADMIN_HOST" "http://127.0.0.1:$PORT/")
+echo "the second app, untouched by the first one's deploy: curl -H 'Host: $ADMIN_HOST' ... -> $admin_after"
 echo "handoff status --name $APP:"
 handoff status --name "$APP" | sed 's/^/  /' || true
 if [ ${#admin_args[@]} -gt 0 ]; then
@@ -200,4 +218,5 @@ echo "responses: $out/responses.txt (ms since load start, client, version, statu
 if [ "$failed" -ne 0 ] || [ "$v1" -eq 0 ] || [ "$v2" -eq 0 ]; then
     die "expected zero failed requests and answers from both versions; see the files above"
 fi
+[ "$admin_after" = v1 ] || die "the second app answered \"$admin_after\", not v1"
 echo "Zero failed requests: the deploy cut nothing off."

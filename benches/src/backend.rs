@@ -100,6 +100,21 @@ async fn handle(
     id: HeaderValue,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let (status, body) = match req.uri().path() {
+        // Reads the whole body first, as an app parsing a form does (the
+        // other routes answer without reading it, and hyper then closes).
+        "/upload" => {
+            let limited = http_body_util::Limited::new(req.into_body(), MAX_BYTES);
+            match http_body_util::BodyExt::collect(limited).await {
+                Ok(body) => (
+                    StatusCode::OK,
+                    Bytes::from(format!("{}\n", body.to_bytes().len())),
+                ),
+                Err(_) => (
+                    StatusCode::BAD_REQUEST,
+                    Bytes::from_static(b"body unreadable or over 16 MiB\n"),
+                ),
+            }
+        }
         "/slow" => match slow_ms(req.uri().query()) {
             Some(ms) => {
                 tokio::time::sleep(Duration::from_millis(ms)).await;

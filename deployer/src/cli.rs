@@ -13,10 +13,10 @@ use std::time::Duration;
     // A flag given twice takes the last value, so a wrapper script can
     // append overrides to its defaults.
     args_override_self = true,
-    about = "Zero-downtime deploys of one Docker container behind handoff-proxy, one container per release",
+    about = "Zero-downtime deploys of Docker apps behind handoff-proxy, one container per release; one proxy routes many apps by host",
     after_help = "Exit codes: 0 deployed; 1 bad usage, config, or refused (lock held, nothing to roll back to);\n\
         2 new release unhealthy or unstable (refused before the switch, or switched back during the watch);\n\
-        3 Docker or registry error; 4 proxy control error;\n\
+        3 Docker or registry error; 4 proxy control error, or the proxy refused the switch (route conflict);\n\
         5 clients are getting errors: `status` found the live backend not answering, or requests were cut\n\
         after a drain timeout with --fail-on-cut;\n\
         130/143 interrupted (SIGINT/SIGTERM) before the switch, new container removed."
@@ -76,6 +76,10 @@ pub enum Command {
     Status(StatusArgs),
     /// List the app's releases, newest first, with image, digest and role
     Releases(ReleasesArgs),
+    /// List every app the proxy routes: routes, backend, in flight, draining
+    List(ListArgs),
+    /// Take an app off the proxy (its requests drain first), then stop and remove its releases
+    Remove(RemoveArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -195,6 +199,32 @@ pub struct DeployArgs {
     /// Keep a release that never got stable (stopped, renamed NAME-N-failed) for debugging
     #[arg(long, env = "HANDOFF_KEEP_FAILED")]
     pub keep_failed: bool,
+    /// Route requests for this host to the app (exact name or *.example.com); repeatable.
+    /// Without --host the app is the proxy's default app, or keeps the routes the proxy has for it
+    #[arg(
+        long = "host",
+        env = "HANDOFF_HOSTS",
+        value_delimiter = ',',
+        value_name = "HOST",
+        help_heading = "Routes (one proxy, many apps)"
+    )]
+    pub hosts: Vec<String>,
+    /// Only requests under this path (segment boundaries: /api takes /api and /api/x); repeatable; needs --host
+    #[arg(
+        long = "path-prefix",
+        env = "HANDOFF_PATH_PREFIXES",
+        value_delimiter = ',',
+        value_name = "PATH",
+        help_heading = "Routes (one proxy, many apps)"
+    )]
+    pub path_prefixes: Vec<String>,
+    /// Forward the path without the matched prefix (/api/x reaches the app as /x)
+    #[arg(
+        long,
+        env = "HANDOFF_STRIP_PREFIX",
+        help_heading = "Routes (one proxy, many apps)"
+    )]
+    pub strip_prefix: bool,
     #[command(flatten)]
     pub switch: SwitchArgs,
 }
@@ -213,9 +243,9 @@ pub struct RollbackArgs {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// App name (required)
+    /// App name; without it, every app the proxy routes is listed (as `handoff list`)
     #[arg(long, env = "HANDOFF_APP", value_name = "APP")]
-    pub name: String,
+    pub name: Option<String>,
     /// Timeout of the health probe of each running slot
     #[arg(long, env = "HANDOFF_HEALTH_TIMEOUT", default_value = "2s", value_parser = parse_duration,
           value_name = "DUR")]
@@ -227,6 +257,22 @@ pub struct ReleasesArgs {
     /// App name (required)
     #[arg(long, env = "HANDOFF_APP", value_name = "APP")]
     pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {}
+
+#[derive(Debug, Args)]
+pub struct RemoveArgs {
+    /// App name (required)
+    #[arg(long, env = "HANDOFF_APP", value_name = "APP")]
+    pub name: String,
+    /// Grace period before a release container is killed
+    #[arg(long, env = "HANDOFF_STOP_TIMEOUT", default_value = "10s", value_parser = parse_duration, value_name = "DUR")]
+    pub stop_timeout: Duration,
+    /// Wait for a deploy of the same app to finish instead of failing
+    #[arg(long, env = "HANDOFF_WAIT_LOCK")]
+    pub wait_lock: bool,
 }
 
 fn parse_host_ports(text: &str) -> Result<(u16, u16), String> {
@@ -279,6 +325,45 @@ mod tests {
         for bad in ["", "../x", "-x", "a b", "x/y", &"a".repeat(61)] {
             assert!(validate_app_name(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn route_flags_repeat_and_split_on_commas() {
+        let cli = Cli::try_parse_from([
+            "handoff",
+            "deploy",
+            "--image",
+            "shop:2",
+            "--name",
+            "shop",
+            "--host",
+            "shop.example.com",
+            "--host",
+            "www.shop.example.com,shop.test",
+            "--path-prefix",
+            "/api",
+            "--strip-prefix",
+        ])
+        .unwrap();
+        let Command::Deploy(args) = cli.command else {
+            panic!("not deploy");
+        };
+        assert_eq!(
+            args.hosts,
+            ["shop.example.com", "www.shop.example.com", "shop.test"]
+        );
+        assert_eq!(args.path_prefixes, ["/api"]);
+        assert!(args.strip_prefix);
+        let cli = Cli::try_parse_from(["handoff", "status"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Status(StatusArgs { name: None, .. })
+        ));
+        let cli = Cli::try_parse_from(["handoff", "remove", "--name", "shop"]).unwrap();
+        assert!(
+            matches!(cli.command, Command::Remove(RemoveArgs { ref name, .. }) if name == "shop")
+        );
+        assert!(Cli::try_parse_from(["handoff", "remove"]).is_err());
     }
 
     #[test]

@@ -203,7 +203,7 @@ impl Cutover<'_> {
         ));
         let back = match self
             .proxy
-            .switch(&old_addr, self.switch.drain_timeout, None)
+            .switch_back(&old_addr, self.switch.drain_timeout)
             .await
         {
             Ok(_) => true,
@@ -243,7 +243,8 @@ impl Cutover<'_> {
 
     /// After a good watch: the previous release (once drained) and any
     /// stray running release stop, and old stopped releases beyond `--keep`
-    /// are removed. Nothing the proxy routes to or drains is touched.
+    /// are removed. Nothing the proxy routes to or drains, for this app or
+    /// any other, is touched.
     async fn retire(&self, plan: &Plan<'_>, drain: DrainResult, report: &mut Report) -> Result<()> {
         report.set("drain", drain.to_json());
         if let Some(lost) = &drain.lost {
@@ -289,6 +290,16 @@ impl Cutover<'_> {
             Some(b) => self.proxy.wait_drained(&b, self.switch.drain_timeout).await,
             None => 0,
         };
+        // Another app of the proxy routing there (when the proxy can say)
+        // keeps it running: stopping it would cut that app.
+        let others = self.proxy.used_by_other_apps().await.unwrap_or_default();
+        if let Some((app, b)) = others.iter().find(|(_, b)| Some(b) == c.backend().as_ref()) {
+            self.out.step(format!(
+                "leaving {what} {} running: the proxy's app {app} routes to it ({b})",
+                c.name
+            ));
+            return Ok(0);
+        }
         faults::hit("during-stop");
         self.out.step(format!(
             "stopping {what} {} (grace {}){}{}",
@@ -314,16 +325,19 @@ impl Cutover<'_> {
 
     /// Removes stopped releases beyond `keep`; failures are only reported.
     async fn prune(&self, plan: &Plan<'_>, keep: usize) {
-        let (Ok(list), Ok(status)) = (
+        // Removal cannot be undone: without the proxy's word, nothing goes.
+        let (Ok(list), Ok(status), Ok(others)) = (
             self.engine.app_containers(plan.app).await,
             self.proxy.status().await,
+            self.proxy.used_by_other_apps().await,
         ) else {
             return;
         };
         let releases = Releases::new(list, Some(&status));
         let spare: Vec<&str> = plan.old.iter().map(|o| o.name.as_str()).collect();
         for c in releases.prunable(keep, &spare) {
-            if c.name == plan.new {
+            let elsewhere = others.iter().any(|(_, b)| Some(b) == c.backend().as_ref());
+            if c.name == plan.new || elsewhere {
                 continue;
             }
             match self.engine.remove(&c.name).await {

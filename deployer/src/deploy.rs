@@ -8,9 +8,10 @@ use crate::docker::{ContainerSpec, Engine};
 use crate::env;
 use crate::error::{Failure, Result};
 use crate::output::{secs, Output};
-use crate::proxy::Proxy;
+use crate::proxy::{Proxy, Target};
 use crate::releases::{self as rel, ContainerInfo, Releases};
 use crate::report::Report;
+use crate::routes::Routes;
 use crate::{faults, lock, migrate};
 use std::collections::HashMap;
 use std::time::{Instant, SystemTime};
@@ -48,6 +49,10 @@ fn labels(args: &DeployArgs, release: u64) -> Result<HashMap<String, String>> {
     Ok(labels)
 }
 
+fn routes(args: &DeployArgs) -> Result<Option<Routes>> {
+    Routes::from_flags(&args.hosts, &args.path_prefixes, args.strip_prefix).map_err(Failure::Usage)
+}
+
 /// Everything that can be checked without touching Docker or the proxy.
 fn validate(args: &DeployArgs) -> Result<()> {
     validate_app_name(&args.name).map_err(Failure::Usage)?;
@@ -66,6 +71,7 @@ fn validate(args: &DeployArgs) -> Result<()> {
         ));
     }
     labels(args, 1)?;
+    routes(args)?;
     if args.switch.health_interval.is_zero() || args.switch.health_timeout.is_zero() {
         return Err(Failure::Usage(
             "--health-interval and --health-timeout must be more than 0".into(),
@@ -74,6 +80,8 @@ fn validate(args: &DeployArgs) -> Result<()> {
     Ok(())
 }
 
+/// A deploy, as a list of named steps. Nothing a user can see changes
+/// before `cut_over`.
 pub async fn run(
     global: &Global,
     args: &DeployArgs,
@@ -85,132 +93,32 @@ pub async fn run(
     report.set("app", args.name.as_str());
     report.set("image", args.image.as_str());
     validate(args)?;
-    let env = env::build(&args.env_file, &args.env, &|k| std::env::var(k).ok())?;
-    for key in &env.skipped {
-        out.step(format!(
-            "warning: -e {key} is not set in handoff's environment; not passed to the container"
-        ));
-    }
-
-    let t = Instant::now();
-    let _lock = lock::acquire(
-        &global.state_dir,
-        &args.name,
-        &format!("deploy {}", args.image),
-        args.switch.wait_lock,
-        out,
-    )?;
-    report.step("lock", t.elapsed());
-
+    let env = container_env(args, out)?;
+    let _lock = take_lock(global, args, out, report)?;
     let engine = Engine::connect(&global.docker_host, args.switch.stop_timeout).await?;
-    let proxy = Proxy::new(&global.control);
-    let status = proxy.status().await?;
-    migrate::blue_green(&engine, &args.name, &status, out).await?;
-    let releases = Releases::new(engine.app_containers(&args.name).await?, Some(&status));
-    let old = releases.live().cloned();
-    refuse_foreign_backend(&engine, global, &args.name, old.as_ref(), &status).await?;
-    let number = releases.next_number();
+    let proxy = connect_proxy(&engine, global, args, report).await?;
+    let now = read_live(&engine, &proxy, args, out).await?;
+    let number = now.releases.next_number();
     let name = rel::container_name(&args.name, number);
-    report.set("release", number);
-    report.set("container", name.as_str());
-    let previous = old.as_ref().map(
-        |o| serde_json::json!({"container": o.name, "image": o.image(), "backend": o.backend()}),
-    );
-    report.set("previous", previous);
-    out.step(format!(
-        "deploying {} as release {number} ({name}); live now: {}",
-        args.image,
-        match (&old, &status.backend) {
-            (Some(o), _) => format!(
-                "{} ({}, {}, {})",
-                o.name,
-                o.image(),
-                o.backend().unwrap_or_default(),
-                o.state_text()
-            ),
-            (None, Some(b)) => format!("{b}, not a container of {}", args.name),
-            (None, None) => "nothing (first deploy)".into(),
-        }
-    ));
-
-    let t = Instant::now();
-    engine.ensure_image(&args.image, args.pull, out).await?;
-    let digest = engine.image_digest(&args.image).await;
-    report.step("pull", t.elapsed());
-    report.set("digest", digest.clone());
-
-    // A container by that name that handoff did not make is not ours to touch.
-    if engine.inspect(&name).await?.is_some() {
-        return Err(Failure::Usage(format!(
-            "a container named {name} exists but is not a release of {}; rename or remove it",
-            args.name
-        )));
-    }
-    let mut labels = labels(args, number)?;
-    if let Some(d) = &digest {
-        labels.insert(rel::LABEL_DIGEST.to_string(), d.clone());
-    }
+    record_release(report, number, &name, now.old.as_ref());
+    announce(out, &proxy, args, &now, number, &name);
+    let digest = pull(&engine, args, out, report).await?;
     let env_keys: Vec<String> = env.keys().into_iter().map(|k| format!("{k}=***")).collect();
-    let mut spec = ContainerSpec {
-        name: name.clone(),
-        image: args.image.clone(),
-        env: env.entries,
-        labels,
-        container_port: args.container_port,
-        health_port: args.health_port,
-        host_port: 0,
-        init: args.init,
-    };
+    let mut spec = release_spec(&engine, args, number, &name, env, digest).await?;
     let t = Instant::now();
-    start_release(&engine, &mut spec, args, &releases, old.as_ref(), out).await?;
+    start_release(
+        &engine,
+        &mut spec,
+        args,
+        &now.releases,
+        now.old.as_ref(),
+        out,
+    )
+    .await?;
     report.step("start", t.elapsed());
     faults::hit("after-start");
-    if let Some(info) = engine.inspect(&name).await? {
-        let mut ports: Vec<String> = info
-            .ports
-            .iter()
-            .map(|(c, h)| format!("{h}->{c}"))
-            .collect();
-        ports.sort();
-        out.step(format!(
-            "started {name} ({}), ports {}, env {}",
-            short_id(&info.id),
-            ports.join(", "),
-            if env_keys.is_empty() {
-                "-".to_string()
-            } else {
-                env_keys.join(" ")
-            }
-        ));
-    }
-
-    let cutover = Cutover {
-        engine: &engine,
-        proxy: &proxy,
-        out,
-        switch: &args.switch,
-    };
-    let strays = releases
-        .list
-        .iter()
-        .filter(|c| (c.running || c.restarting) && Some(&c.id) != old.as_ref().map(|o| &o.id))
-        .cloned()
-        .collect();
-    let plan = Plan {
-        app: &args.name,
-        new: &name,
-        health_path: &args.health_path,
-        restarts_before: 0,
-        old: old.as_ref(),
-        strays,
-        on_unhealthy: if args.keep_failed {
-            OnUnhealthy::KeepFailed
-        } else {
-            OnUnhealthy::Remove
-        },
-        keep: Some(args.keep),
-    };
-    cutover.run(&plan, report).await?;
+    describe_started(&engine, &spec, &env_keys, out).await?;
+    cut_over(&engine, &proxy, args, &now, &name, out, report).await?;
     report.step("total", started.elapsed());
     out.step(format!(
         "deployed {} as {name} in {}",
@@ -220,11 +128,255 @@ pub async fn run(
     Ok(())
 }
 
-/// A proxy whose backend is a container of another handoff app is not
-/// switched to this one: one proxy and control socket per app.
-async fn refuse_foreign_backend(
+/// The container env; a `-e KEY` that handoff's environment lacks is a
+/// warning, not an error.
+fn container_env(args: &DeployArgs, out: &Output) -> Result<env::ContainerEnv> {
+    let env = env::build(&args.env_file, &args.env, &|k| std::env::var(k).ok())?;
+    for key in &env.skipped {
+        out.step(format!(
+            "warning: -e {key} is not set in handoff's environment; not passed to the container"
+        ));
+    }
+    Ok(env)
+}
+
+fn take_lock(
+    global: &Global,
+    args: &DeployArgs,
+    out: &Output,
+    report: &mut Report,
+) -> Result<lock::AppLock> {
+    let t = Instant::now();
+    let lock = lock::acquire(
+        &global.state_dir,
+        &args.name,
+        &format!("deploy {}", args.image),
+        args.switch.wait_lock,
+        out,
+    )?;
+    report.step("lock", t.elapsed());
+    Ok(lock)
+}
+
+/// What is live before the deploy: the app's status on the proxy and its
+/// releases (blue/green containers renamed first).
+struct Now {
+    status: handoff_shared::StatusResponse,
+    releases: Releases,
+    old: Option<ContainerInfo>,
+}
+
+async fn read_live(engine: &Engine, proxy: &Proxy, args: &DeployArgs, out: &Output) -> Result<Now> {
+    let status = proxy.status().await?;
+    migrate::blue_green(engine, &args.name, &status, out).await?;
+    let releases = Releases::new(engine.app_containers(&args.name).await?, Some(&status));
+    let old = releases.live().cloned();
+    refuse_foreign_backend(engine, proxy, &args.name, old.as_ref(), &status).await?;
+    Ok(Now {
+        status,
+        releases,
+        old,
+    })
+}
+
+fn record_release(report: &mut Report, number: u64, name: &str, old: Option<&ContainerInfo>) {
+    report.set("release", number);
+    report.set("container", name);
+    let previous = old.map(
+        |o| serde_json::json!({"container": o.name, "image": o.image(), "backend": o.backend()}),
+    );
+    report.set("previous", previous);
+}
+
+/// `deploying IMAGE as release N (APP-N) for ROUTES; live now: ...`
+fn announce(out: &Output, proxy: &Proxy, args: &DeployArgs, now: &Now, number: u64, name: &str) {
+    let routes = match proxy.target() {
+        Target::Default => String::new(),
+        Target::App {
+            routes: Some(r), ..
+        } => format!(" for {}", r.text()),
+        Target::App {
+            before: Some(r), ..
+        } => format!(" for {} (the routes the proxy has)", r.text()),
+        Target::App { .. } => String::new(),
+    };
+    let live = match (&now.old, &now.status.backend) {
+        (Some(o), _) => format!(
+            "{} ({}, {}, {})",
+            o.name,
+            o.image(),
+            o.backend().unwrap_or_default(),
+            o.state_text()
+        ),
+        (None, Some(b)) => format!("{b}, not a container of {}", args.name),
+        (None, None) => "nothing (first deploy)".into(),
+    };
+    out.step(format!(
+        "deploying {} as release {number} ({name}){routes}; live now: {live}",
+        args.image,
+    ));
+}
+
+/// Pulls as `--pull` says; returns the registry digest when there is one.
+async fn pull(
+    engine: &Engine,
+    args: &DeployArgs,
+    out: &Output,
+    report: &mut Report,
+) -> Result<Option<String>> {
+    let t = Instant::now();
+    engine.ensure_image(&args.image, args.pull, out).await?;
+    let digest = engine.image_digest(&args.image).await;
+    report.step("pull", t.elapsed());
+    report.set("digest", digest.clone());
+    Ok(digest)
+}
+
+/// The new release's container, refused when a container of that name
+/// exists that handoff did not make (it is not ours to touch).
+async fn release_spec(
+    engine: &Engine,
+    args: &DeployArgs,
+    number: u64,
+    name: &str,
+    env: env::ContainerEnv,
+    digest: Option<String>,
+) -> Result<ContainerSpec> {
+    if engine.inspect(name).await?.is_some() {
+        return Err(Failure::Usage(format!(
+            "a container named {name} exists but is not a release of {}; rename or remove it",
+            args.name
+        )));
+    }
+    let mut labels = labels(args, number)?;
+    if let Some(d) = digest {
+        labels.insert(rel::LABEL_DIGEST.to_string(), d);
+    }
+    Ok(ContainerSpec {
+        name: name.to_string(),
+        image: args.image.clone(),
+        env: env.entries,
+        labels,
+        container_port: args.container_port,
+        health_port: args.health_port,
+        host_port: 0,
+        init: args.init,
+    })
+}
+
+/// `started APP-N (ID), ports ..., env KEY=*** ...`: keys, never values.
+async fn describe_started(
+    engine: &Engine,
+    spec: &ContainerSpec,
+    keys: &[String],
+    out: &Output,
+) -> Result<()> {
+    let Some(info) = engine.inspect(&spec.name).await? else {
+        return Ok(());
+    };
+    let mut ports: Vec<String> = info
+        .ports
+        .iter()
+        .map(|(c, h)| format!("{h}->{c}"))
+        .collect();
+    ports.sort();
+    out.step(format!(
+        "started {} ({}), ports {}, env {}",
+        spec.name,
+        short_id(&info.id),
+        ports.join(", "),
+        if keys.is_empty() {
+            "-".to_string()
+        } else {
+            keys.join(" ")
+        }
+    ));
+    Ok(())
+}
+
+/// The readiness rule, the watched switch, the drain and the stop of the
+/// previous release (see `cutover.rs`).
+async fn cut_over(
+    engine: &Engine,
+    proxy: &Proxy,
+    args: &DeployArgs,
+    now: &Now,
+    name: &str,
+    out: &Output,
+    report: &mut Report,
+) -> Result<()> {
+    let cutover = Cutover {
+        engine,
+        proxy,
+        out,
+        switch: &args.switch,
+    };
+    let old = now.old.as_ref();
+    let strays = now
+        .releases
+        .list
+        .iter()
+        .filter(|c| (c.running || c.restarting) && Some(&c.id) != old.map(|o| &o.id))
+        .cloned()
+        .collect();
+    let plan = Plan {
+        app: &args.name,
+        new: name,
+        health_path: &args.health_path,
+        restarts_before: 0,
+        old,
+        strays,
+        on_unhealthy: if args.keep_failed {
+            OnUnhealthy::KeepFailed
+        } else {
+            OnUnhealthy::Remove
+        },
+        keep: Some(args.keep),
+    };
+    cutover.run(&plan, report).await
+}
+
+/// Which proxy app this deploy switches (see [`Proxy::resolve`]), with
+/// the one case the rule cannot take: an app served as the default app
+/// that is now given `--host`. Its live release would stay routed by the
+/// default app while its new one went to a new app, and the deploy would
+/// then stop a release another app routes to; so it is refused, and the
+/// message says both ways out.
+async fn connect_proxy(
     engine: &Engine,
     global: &Global,
+    args: &DeployArgs,
+    report: &mut Report,
+) -> Result<Proxy> {
+    let proxy = Proxy::resolve(&global.control, &args.name, routes(args)?).await?;
+    let Target::App { routes, before, .. } = proxy.target() else {
+        return Ok(proxy);
+    };
+    if let Some(r) = routes.as_ref().or(before.as_ref()) {
+        report.set("routes", r.to_json());
+    }
+    if before.is_none() {
+        let default = Proxy::new(&global.control).status().await?;
+        let releases = Releases::new(engine.app_containers(&args.name).await?, Some(&default));
+        let served = releases.list.iter().find(|c| releases.in_use(c));
+        if let Some(container) = served.map(|c| &c.name) {
+            return Err(Failure::Usage(format!(
+                "{app} is served by the proxy's default app ({container}); a deploy with --host \
+                 would leave it there and route the hosts to a second copy. Deploy without \
+                 --host to keep it the default app, or take it off first with \
+                 `handoff remove --name {app}` (it stops serving) and deploy again with --host",
+                app = args.name
+            )));
+        }
+    }
+    Ok(proxy)
+}
+
+/// A proxy app whose backend is a container of another handoff app is not
+/// switched to this one.
+async fn refuse_foreign_backend(
+    engine: &Engine,
+    proxy: &Proxy,
     app: &str,
     live: Option<&ContainerInfo>,
     status: &handoff_shared::StatusResponse,
@@ -233,10 +385,14 @@ async fn refuse_foreign_backend(
         return Ok(());
     };
     if let Some((other, container)) = engine.other_app_at(backend, app).await? {
+        let which = match proxy.app_name() {
+            None => "the proxy's default app".to_string(),
+            Some(name) => format!("the proxy's app {name}"),
+        };
         return Err(Failure::Usage(format!(
-            "the proxy at {} serves app {other} ({container} at {backend}), not {app}; \
-             each app needs its own handoff-proxy and --control socket",
-            global.control.display(),
+            "{which} at {} serves app {other} ({container} at {backend}), not {app}; \
+             give {app} its own --host (one proxy routes many apps by host name)",
+            proxy.client().path().display(),
         )));
     }
     Ok(())

@@ -21,6 +21,11 @@ pub enum Failure {
     /// The proxy's control socket is unreachable or refused the switch.
     #[error("{0}")]
     Proxy(String),
+    /// The proxy answered and refused (4xx: a route conflict, an
+    /// unreachable backend, bad input): unlike a lost answer, it is certain
+    /// that nothing changed.
+    #[error("{message}")]
+    ProxyRefused { status: u16, message: String },
     /// Clients are getting errors: the live backend is not answering
     /// (`status`), or a drain timed out and `--fail-on-cut` was given.
     #[error("{0}")]
@@ -38,10 +43,15 @@ impl Failure {
             Failure::Usage(_) => 1,
             Failure::Unhealthy { .. } => 2,
             Failure::Docker(_) => 3,
-            Failure::Proxy(_) => 4,
+            Failure::Proxy(_) | Failure::ProxyRefused { .. } => 4,
             Failure::ClientsFailing(_) => 5,
             Failure::Interrupted { code, .. } => *code,
         }
+    }
+
+    /// The proxy answered and refused; nothing changed.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Failure::ProxyRefused { .. })
     }
 
     pub fn kind(&self) -> &'static str {
@@ -50,6 +60,8 @@ impl Failure {
             Failure::Unhealthy { .. } => "unhealthy",
             Failure::Docker(_) => "docker",
             Failure::Proxy(_) => "proxy",
+            Failure::ProxyRefused { status: 409, .. } => "route_conflict",
+            Failure::ProxyRefused { .. } => "proxy",
             Failure::ClientsFailing(_) => "clients_failing",
             Failure::Interrupted { .. } => "interrupted",
         }

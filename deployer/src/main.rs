@@ -14,14 +14,17 @@ mod env;
 mod error;
 mod faults;
 mod health;
+mod listing;
 mod lock;
 mod migrate;
 mod output;
 mod proxy;
 mod registry_auth;
 mod releases;
+mod remove;
 mod report;
 mod rollback;
+mod routes;
 mod status;
 mod watch;
 
@@ -95,6 +98,8 @@ fn main() {
             Command::Rollback(args) => rollback::run(&cli.global, args, &out, &mut report).await,
             Command::Status(args) => status::run(&cli.global, args, &out, &mut report).await,
             Command::Releases(args) => status::releases(&cli.global, args, &out, &mut report).await,
+            Command::List(_) => listing::run(&cli.global, &out, &mut report, "list").await,
+            Command::Remove(args) => remove::run(&cli.global, args, &out, &mut report).await,
         }
     });
     let code = match &result {
@@ -104,12 +109,16 @@ fn main() {
             failure.exit_code()
         }
     };
-    if !matches!(cli.command, Command::Status(_) | Command::Releases(_)) {
-        let verdict = match &result {
-            Ok(()) => report.success_text(),
-            Err(f) => format!("FAILED (exit {}): {f}", f.exit_code()),
-        };
-        out.result_text(&verdict);
+    let own_result = matches!(
+        cli.command,
+        Command::Status(_) | Command::Releases(_) | Command::List(_)
+    );
+    match &result {
+        Ok(()) if !own_result && !matches!(cli.command, Command::Remove(_)) => {
+            out.result_text(&report.success_text())
+        }
+        Err(f) if !own_result => out.result_text(&format!("FAILED (exit {}): {f}", f.exit_code())),
+        _ => {}
     }
     out.result_json(&report.into_json(result.as_ref().err()));
     std::process::exit(code);

@@ -36,7 +36,8 @@ pub async fn run(
         out,
     )?;
     let engine = Engine::connect(&global.docker_host, args.switch.stop_timeout).await?;
-    let proxy = Proxy::new(&global.control);
+    // A host-routed app keeps its routes: only the backend is switched.
+    let proxy = Proxy::resolve(&global.control, &args.name, None).await?;
     let status = proxy.status().await?;
     migrate::blue_green(&engine, &args.name, &status, out).await?;
     let releases = Releases::new(engine.app_containers(&args.name).await?, Some(&status));

@@ -1,4 +1,5 @@
 //! `handoff status` and `handoff releases`: read-only, no lock, change nothing.
+//! (`status` without `--name` is `handoff list`, in `listing.rs`.)
 //!
 //! `status` tells the truth about what clients get: it asks the proxy what
 //! it routes to, looks at that container's state (running, restarts, exit
@@ -10,10 +11,12 @@ use crate::cli::{validate_app_name, Global, ReleasesArgs, StatusArgs};
 use crate::docker::Engine;
 use crate::error::{Failure, Result};
 use crate::health;
+use crate::listing;
 use crate::output::Output;
-use crate::proxy::Proxy;
+use crate::proxy::{Proxy, Target};
 use crate::releases::{ContainerInfo, Releases, LABEL_DEPLOYED_AT};
 use crate::report::Report;
+use crate::routes::Routes;
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -60,7 +63,7 @@ pub async fn releases(
     report.set("app", args.name.as_str());
     validate_app_name(&args.name).map_err(Failure::Usage)?;
     let engine = Engine::connect(&global.docker_host, Duration::from_secs(10)).await?;
-    let status = Proxy::new(&global.control).status().await.ok();
+    let status = resolve(global, &args.name).await.status().await.ok();
     let releases = Releases::new(engine.app_containers(&args.name).await?, status.as_ref());
     let mut text = vec![format!("releases of {}, newest first:", args.name)];
     let mut values = Vec::new();
@@ -83,22 +86,26 @@ pub async fn run(
     out: &Output,
     report: &mut Report,
 ) -> Result<()> {
+    let Some(name) = &args.name else {
+        return listing::run(global, out, report, "status").await;
+    };
     report.set("command", "status");
-    report.set("app", args.name.as_str());
-    validate_app_name(&args.name).map_err(Failure::Usage)?;
+    report.set("app", name.as_str());
+    validate_app_name(name).map_err(Failure::Usage)?;
     let engine = Engine::connect(&global.docker_host, Duration::from_secs(10)).await?;
-    let proxy = Proxy::new(&global.control);
+    let proxy = resolve(global, name).await;
     // The releases are still worth showing when the proxy is down.
     let proxy_status = proxy.status().await;
     let releases = Releases::new(
-        engine.app_containers(&args.name).await?,
+        engine.app_containers(name).await?,
         proxy_status.as_ref().ok(),
     );
     let client = health::client(args.health_timeout);
 
-    let mut text = vec![format!("app {}", args.name)];
+    let mut text = vec![format!("app {name}")];
     match &proxy_status {
         Ok(s) => {
+            text.push(routes_line(&proxy, report).await);
             let draining: Vec<String> = s
                 .draining
                 .iter()
@@ -130,12 +137,12 @@ pub async fn run(
             None => Err("the proxy has no backend".to_string()),
             Some(b) => health::probe(&client, b, "/")
                 .await
-                .map(|_| format!("{b} answers (not a release of {})", args.name))
+                .map(|_| format!("{b} answers (not a release of {name})"))
                 .or_else(|e| {
                     if e.starts_with("HTTP") {
-                        Ok(format!("{b} answers {e} (not a release of {})", args.name))
+                        Ok(format!("{b} answers {e} (not a release of {name})"))
                     } else {
-                        Err(format!("{b} is not a release of {} and {e}", args.name))
+                        Err(format!("{b} is not a release of {name} and {e}"))
                     }
                 }),
         }),
@@ -156,7 +163,7 @@ pub async fn run(
                              "exit_code": c.exit_code})
         }),
     );
-    let fix = format!("handoff rollback --name {}", args.name);
+    let fix = format!("handoff rollback --name {name}");
     match &verdict {
         Some(Ok(answer)) => {
             text.push(format!("serving: yes, {answer}"));
@@ -179,6 +186,41 @@ pub async fn run(
             "clients are getting errors: {why}; fix: {fix}"
         ))),
         _ => Ok(()),
+    }
+}
+
+/// The app's proxy side, found by the rule of [`Proxy::resolve`]; when the
+/// proxy cannot be asked, the default app (whose status then says why).
+async fn resolve(global: &Global, app: &str) -> Proxy {
+    Proxy::resolve(&global.control, app, None)
+        .await
+        .unwrap_or_else(|_| Proxy::new(&global.control))
+}
+
+/// `routes: ...`: the hosts and prefixes of a host-routed app, or that it
+/// is the default app.
+async fn routes_line(proxy: &Proxy, report: &mut Report) -> String {
+    match proxy.target() {
+        Target::Default => {
+            report.set("routes", Value::Null);
+            "routes: the default app (requests for hosts no other app names)".into()
+        }
+        Target::App { name, .. } => match proxy.client().app(name).await {
+            Ok(app) => {
+                let routes = Routes::of(&app);
+                report.set("routes", routes.to_json());
+                format!(
+                    "routes: {}{}",
+                    routes.text(),
+                    if app.default {
+                        " (and the default app)"
+                    } else {
+                        ""
+                    }
+                )
+            }
+            Err(e) => format!("routes: unknown ({e})"),
+        },
     }
 }
 

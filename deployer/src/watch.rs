@@ -1,4 +1,4 @@
-//! The watched switch: `PUT /v1/backend` to the new release, and while the
+//! The watched switch: `PUT /v1/backend` (or `PUT /v1/apps/{app}`) to the new release, and while the
 //! proxy drains the previous one (which keeps running), the new release is
 //! checked every `--health-interval` for `--watch`. A release that exits,
 //! restarts, or fails `--health-failures` checks in a row ends the watch so
@@ -6,8 +6,9 @@
 //! checks and then crashed no longer stays live.
 //!
 //! The switch call answers only after the drain. When that answer is lost,
-//! the proxy's `/v1/status` (re-read, waiting for a restarting proxy) says
-//! whether the switch happened; the watch goes on only if it did.
+//! the app's status (re-read, waiting for a restarting proxy) says whether
+//! the switch happened; the watch goes on only if it did. A refusal (4xx,
+//! e.g. a route conflict) is an answer: not switched, not asked again.
 
 use crate::cutover::{Cutover, Plan, PROXY_RESTART_WAIT};
 use crate::error::{Failure, Result};
@@ -108,7 +109,7 @@ impl Cutover<'_> {
                             }
                             drain = Some(result);
                         }
-                        Err(WatchEnd::NotSwitched(f)) if !retried => {
+                        Err(WatchEnd::NotSwitched(f)) if !retried && !f.is_refusal() => {
                             // A proxy that lost the call before switching
                             // (restarted meanwhile) gets it once more.
                             retried = true;
@@ -204,6 +205,8 @@ impl Cutover<'_> {
                     lost: None,
                 })
             }
+            // The proxy answered "no": nothing changed, nothing to re-read.
+            Err(f) if f.is_refusal() => return Err(WatchEnd::NotSwitched(f)),
             Err(f) => f,
         };
         self.out.step(format!(

@@ -6,6 +6,7 @@ use crate::upstream::decode::{Decoder, Step};
 use crate::upstream::{Conn, Pinned};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -39,10 +40,12 @@ pub struct UpstreamBody {
     in_flight: InFlight,
     exchange: Option<Exchange>,
     /// Read off the connection by response buffering before hyper asked
-    /// (see [`crate::buffering`]): sent first, then its trailers, then the
-    /// failure the read ended with, if any, so a cut body still reaches
-    /// the client as cut.
+    /// (see [`crate::buffering`]): sent first, piece by piece as read (no
+    /// copy), then its trailers, then the failure the read ended with, if
+    /// any, so a cut body still reaches the client as cut. Most bodies are
+    /// one piece, which needs no queue.
     ahead: Option<Bytes>,
+    ahead_more: VecDeque<Bytes>,
     ahead_trailers: Option<Frame<Bytes>>,
     failed: Option<io::Error>,
     failed_yielded: bool,
@@ -62,13 +65,20 @@ impl UpstreamBody {
     /// Puts what response buffering read back in front of the rest.
     pub(crate) fn read_ahead(
         &mut self,
-        data: Bytes,
+        first: Option<Bytes>,
+        more: VecDeque<Bytes>,
         trailers: Option<Frame<Bytes>>,
         failed: Option<io::Error>,
     ) {
-        self.ahead = (!data.is_empty()).then_some(data);
+        self.ahead = first;
+        self.ahead_more = more;
         self.ahead_trailers = trailers;
         self.failed = failed;
+    }
+
+    fn ahead_len(&self) -> u64 {
+        let first = self.ahead.as_ref().map_or(0, Bytes::len);
+        (first + self.ahead_more.iter().map(Bytes::len).sum::<usize>()) as u64
     }
 
     /// The body is complete: a connection with nothing after the response
@@ -88,6 +98,9 @@ impl UpstreamBody {
 
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Frame<Bytes>>>> {
         if let Some(data) = self.ahead.take() {
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
+        if let Some(data) = self.ahead_more.pop_front() {
             return Poll::Ready(Some(Ok(Frame::data(data))));
         }
         if let Some(trailers) = self.ahead_trailers.take() {
@@ -182,6 +195,7 @@ impl ProxyBody {
             in_flight,
             exchange: None,
             ahead: None,
+            ahead_more: VecDeque::new(),
             ahead_trailers: None,
             failed: None,
             failed_yielded: false,
@@ -241,6 +255,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Upstream(body) => {
                 body.ahead.is_none()
+                    && body.ahead_more.is_empty()
                     && body.ahead_trailers.is_none()
                     && body.failed.is_none()
                     && body.wire_done()
@@ -253,7 +268,7 @@ impl Body for ProxyBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             ProxyBody::Upstream(body) => {
-                let ahead = body.ahead.as_ref().map_or(0, |b| b.len() as u64);
+                let ahead = body.ahead_len();
                 let wire = if body.ahead_trailers.is_some() {
                     // Trailers go only with chunked framing.
                     None

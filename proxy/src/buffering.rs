@@ -27,11 +27,12 @@
 //! waited for.
 
 use crate::body::UpstreamBody;
-use crate::limits::{BodyError, RequestBody};
+use crate::request_body::{BodyError, RequestBody};
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderValue, Request};
 use http_body::Body;
 use http_body_util::BodyExt;
+use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::task::Poll;
 
@@ -143,8 +144,10 @@ pub async fn response(
     if limit == 0 || body.wire_done() {
         return;
     }
+    // Kept as read, not copied together: the pieces share the connection's
+    // read buffer, and hyper copies them into its write buffer anyway.
     let mut first: Option<Bytes> = None;
-    let mut more = BytesMut::new();
+    let mut more = VecDeque::new();
     let mut read = 0u64;
     let mut checked = false;
     let mut end_trailers = None;
@@ -162,7 +165,7 @@ pub async fn response(
                 read += data.len() as u64;
                 match &first {
                     None => first = Some(data),
-                    Some(_) => more.extend_from_slice(&data),
+                    Some(_) => more.push_back(data),
                 }
                 if body.wire_done() || read >= limit {
                     return Poll::Ready(None);
@@ -187,17 +190,7 @@ pub async fn response(
         }
     })
     .await;
-    let data = match first {
-        None => Bytes::new(),
-        Some(first) if more.is_empty() => first,
-        Some(first) => {
-            let mut all = BytesMut::with_capacity(first.len() + more.len());
-            all.extend_from_slice(&first);
-            all.extend_from_slice(&more);
-            all.freeze()
-        }
-    };
-    body.read_ahead(data, end_trailers, failed);
+    body.read_ahead(first, more, end_trailers, failed);
 }
 
 /// Answers that are streams by nature: each event must reach the client

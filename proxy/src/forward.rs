@@ -7,9 +7,9 @@ use crate::body::ProxyBody;
 use crate::buffering::{self, Buffering};
 use crate::drain::{Generation, InFlight};
 use crate::headers;
-use crate::limits::RequestBody;
 use crate::metrics::{Metrics, UpstreamError};
 use crate::observe::Exchange;
+use crate::request_body::RequestBody;
 use crate::upstream::decode::Decoder;
 use crate::upstream::encode::{self, BodyFraming, Forwarding};
 use crate::upstream::http1::{self, ExchangeError, Head};
@@ -312,7 +312,7 @@ fn rewrite_target<B>(req: &mut Request<B>, target: &str) -> Option<()> {
 /// cut). What is left of the body on the connection cannot be trusted to
 /// frame a next request, so an HTTP/1 connection closes after it.
 fn body_refused(version: Version, e: &(dyn std::error::Error + 'static)) -> Response<ProxyBody> {
-    let r = crate::limits::body_fault(e).unwrap_or_else(crate::limits::too_large);
+    let r = crate::request_body::body_fault(e).unwrap_or_else(crate::limits::too_large);
     let mut resp = local(r.status, r.reason);
     if version <= Version::HTTP_11 {
         resp.headers_mut()

@@ -11,8 +11,8 @@ use crate::body::ProxyBody;
 use crate::drain::InFlight;
 use crate::forward::{local, ClientConn};
 use crate::headers;
-use crate::limits::RequestBody;
 use crate::metrics::{Metrics, UpstreamError};
+use crate::request_body::RequestBody;
 use crate::upstream::h2c::{H2cError, ResponseBody, UpstreamBody};
 use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -55,7 +55,7 @@ pub async fn forward(
 /// The answer to a failed exchange, as on the HTTP/1.1 path.
 fn failure(e: &H2cError, backend: &Authority, metrics: &Metrics) -> Response<ProxyBody> {
     // The client's body, not the backend, failed the exchange.
-    if let Some(r) = crate::limits::body_fault(e) {
+    if let Some(r) = crate::request_body::body_fault(e) {
         return local(r.status, r.reason);
     }
     let kind = match e {

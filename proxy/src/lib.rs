@@ -1,14 +1,40 @@
-//! handoff-proxy: a reverse proxy whose backend can be switched atomically,
-//! with the old backend drained before anyone stops it.
+//! handoff-proxy: a reverse proxy whose apps' backends can be switched
+//! atomically, with the old backend drained before anyone stops it.
 //!
-//! The pipeline, one module per step: [`listener`] accepts, [`forward`] picks
-//! the app from the route table ([`apps`], [`routes`]) and that app's active
-//! generation from its [`router`], and streams the exchange, [`drain`]
-//! counts what each generation still serves, [`control`] switches, [`state`]
-//! remembers. The binary (`main.rs`) turns flags into a [`config::Config`].
+//! # Architecture map
+//!
+//! One request, in order (the request path):
+//! - [`listener`]: accepts (one event loop per CPU, [`workers`]), TLS and
+//!   SNI ([`tls`]), the HTTP/2 preface check ([`preface`]); [`admission`]
+//!   decides each request (the checks of [`limits`]: Host, framing, sizes;
+//!   redirects; 421 for a host the certificate does not serve); [`wire`] times heads and idle connections, [`head_scan`]
+//!   spots smuggling-shaped heads, [`deadline`] is their clock.
+//! - [`forward`]: the named phases: refuse loops ([`headers`]' `Via`), pick
+//!   the app ([`apps`] holds every app, [`routes`] is the route table), read a
+//!   small body whole ([`buffering`], [`request_body`]), pick that app's active generation
+//!   ([`router`]), forward over the proxy's own HTTP/1.1 client
+//!   ([`upstream`]: encode, exchange, decode, pool) or to an h2c backend
+//!   ([`forward_h2c`]), pass trailers ([`trailers`]), and stream the answer
+//!   back ([`body`]); [`linger`] gives an idle client's pinned upstream
+//!   connection back to the pool.
+//! - [`drain`] counts what each generation still serves; [`observe`] writes
+//!   the access log and feeds [`metrics`] ([`histogram`]), which [`admin`]
+//!   serves.
+//!
+//! One change, in order (the control path):
+//! - [`control`]: the Unix-socket API (access, JSON, TLS reload);
+//!   [`control_apps`]: apps and the default-app shorthands; [`switch`]
+//!   checks a backend before anything changes; [`state`] writes every app
+//!   down before a change is acknowledged.
+//!
+//! The process itself: [`config`] (built by `main.rs` from flags, env and
+//! TOML), [`sockets`] (bind, or receive from systemd or an old process),
+//! [`upgrade`] (hand the sockets to a new process), [`retire`] (close client
+//! connections without cutting a request).
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod admission;
 pub mod apps;
 pub mod body;
 pub mod buffering;
@@ -28,6 +54,7 @@ pub mod listener;
 pub mod metrics;
 pub mod observe;
 pub mod preface;
+pub mod request_body;
 pub mod retire;
 pub mod router;
 pub mod routes;

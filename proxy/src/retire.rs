@@ -19,11 +19,13 @@
 
 use crate::wire::ConnFlags;
 use hyper_util::server::graceful::GracefulConnection;
+use std::future::Future;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
 
 /// How long an HTTP/1.1 connection must stay idle before a retiring
 /// process closes it.
@@ -33,7 +35,8 @@ pub const GRACE: Duration = Duration::from_millis(500);
 /// being retired.
 pub struct Retire {
     closing: AtomicBool,
-    signal: watch::Sender<bool>,
+    /// Wakes every connection when `closing` is set.
+    signal: Notify,
     open: AtomicUsize,
     all_closed: Notify,
 }
@@ -41,7 +44,6 @@ pub struct Retire {
 /// One open connection, counted until dropped.
 pub struct Tracked {
     retire: Arc<Retire>,
-    signal: watch::Receiver<bool>,
 }
 
 impl Drop for Tracked {
@@ -56,7 +58,7 @@ impl Retire {
     pub fn new() -> Arc<Self> {
         Arc::new(Retire {
             closing: AtomicBool::new(false),
-            signal: watch::Sender::new(false),
+            signal: Notify::new(),
             open: AtomicUsize::new(0),
             all_closed: Notify::new(),
         })
@@ -78,7 +80,6 @@ impl Retire {
         self.open.fetch_add(1, SeqCst);
         Tracked {
             retire: Arc::clone(self),
-            signal: self.signal.subscribe(),
         }
     }
 
@@ -86,7 +87,7 @@ impl Retire {
     /// accept loops must have stopped first.
     pub async fn retire_all(&self) {
         self.closing.store(true, SeqCst);
-        self.signal.send_replace(true);
+        self.signal.notify_waiters();
         loop {
             let notified = self.all_closed.notified();
             let mut notified = pin!(notified);
@@ -101,14 +102,42 @@ impl Retire {
 
 /// Serves `conn` to its end; once the process retires connections, ends it
 /// as the module doc says. `flags` tells whether it is between requests.
-pub async fn serve<C>(mut tracked: Tracked, conn: C, flags: &ConnFlags) -> Result<(), C::Error>
+///
+/// Until then it costs a connection one relaxed load per wake-up: the
+/// retirement signal is polled once, to register this task's waker, and
+/// afterwards only the flag is read. That relies on the waker staying the
+/// same, which holds because this future is the connection task's own
+/// (awaited directly in the task the accept loop spawned), never moved into
+/// a select or another task. (A `select!` over the signal, as hyper's
+/// graceful watcher does, locked the signal's waiter list at every wake-up.)
+pub async fn serve<C>(tracked: Tracked, conn: C, flags: &ConnFlags) -> Result<(), C::Error>
 where
     C: GracefulConnection,
 {
+    let retire = &tracked.retire;
     let mut conn = pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => return r,
-        _ = tracked.signal.wait_for(|closing| *closing) => {}
+    // Created before `closing` is read: a `notify_waiters` after this point
+    // reaches it even before its first poll.
+    let mut signal = pin!(retire.signal.notified());
+    let mut registered = false;
+    let ended = std::future::poll_fn(|cx| {
+        if let Poll::Ready(r) = conn.as_mut().poll(cx) {
+            return Poll::Ready(Some(r));
+        }
+        if retire.closing() {
+            return Poll::Ready(None);
+        }
+        if !registered {
+            if signal.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+            registered = true;
+        }
+        Poll::Pending
+    })
+    .await;
+    if let Some(r) = ended {
+        return r;
     }
     // Idle at the previous tick, with this many answers; `None` when busy.
     let mut idle_at_last_tick = None;

@@ -47,9 +47,9 @@ impl ConnFlags {
         self.framing_conflict.load(Relaxed)
     }
 
-    /// A complete head reached the service.
-    pub fn head_read(&self) {
-        self.heads.fetch_add(1, Relaxed);
+    /// A complete head reached the service; returns how many have.
+    pub fn head_read(&self) -> u64 {
+        self.heads.fetch_add(1, Relaxed) + 1
     }
 
     /// Whether the client's socket took the last write only in part or not

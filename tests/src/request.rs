@@ -58,6 +58,16 @@ pub fn get_req(path: &str) -> Request<Full<Bytes>> {
         .unwrap()
 }
 
+/// A GET with this `Host` header on a fresh connection (bounded by 30 s),
+/// for a proxy that routes apps by host name.
+pub async fn get_host(addr: SocketAddr, host: &str, path: &str) -> Reply {
+    let req = Request::get(path)
+        .header("host", host)
+        .body(Full::default())
+        .unwrap();
+    send(addr, req).await
+}
+
 /// A GET on a fresh connection, bounded by 30 s so a hang fails the test.
 pub async fn get(addr: SocketAddr, path: &str) -> Reply {
     send(addr, get_req(path)).await

@@ -96,6 +96,9 @@ type Script = Box<dyn Fn(&Seen) -> Reply + Send + Sync>;
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Counts {
     pub accepts: usize,
+    /// Request heads read, counted before the body (which may still be on
+    /// its way).
+    pub heads: usize,
     pub requests: usize,
     /// Connections the proxy ended (end of stream or error seen by the backend).
     pub proxy_closed: usize,
@@ -216,6 +219,7 @@ async fn serve(mut tcp: TcpStream, conn: usize, shared: Arc<Shared>) {
             closed_by_proxy();
             return;
         };
+        shared.counts.send_modify(|c| c.heads += 1);
         let mut seen = parse_request(&head);
         seen.conn = conn;
         seen.nth = nth;

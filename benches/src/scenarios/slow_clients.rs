@@ -8,7 +8,9 @@
 //! the backend's established connections (from `/proc/net/tcp`, the
 //! backend's listening port as the local side) and sends one probe request
 //! from a normal client on a new connection, recording its status and
-//! latency.
+//! latency. Slow bodies go to `/upload`, which reads its body before
+//! answering (a backend that answers without reading would end the
+//! exchange itself, and hide the problem).
 
 use super::{blocking, unavailable, Common};
 use crate::procs::{find_tool, Backend, Proc, TempDir};
@@ -211,7 +213,8 @@ fn attack_args(mode: &str, front: SocketAddr, a: &SlowArgs) -> Vec<String> {
         "3".into(),
     ];
     let specific: Vec<String> = match mode {
-        // 8 KiB bodies, up to 10 bytes every 10 s: none ever completes.
+        // 8 KiB bodies, up to 10 bytes every 10 s: none ever completes;
+        // `/upload` reads its body, as an app's form handler would.
         "-B" => [
             "-B",
             "-t",
@@ -223,7 +226,7 @@ fn attack_args(mode: &str, front: SocketAddr, a: &SlowArgs) -> Vec<String> {
             "-x",
             "10",
             "-u",
-            &format!("http://{front}/"),
+            &format!("http://{front}/upload"),
         ]
         .map(String::from)
         .to_vec(),

@@ -17,8 +17,8 @@
 use super::{ConnectError, UpstreamSettings};
 use crate::deadline::Silence;
 use crate::drain::InFlight;
-use crate::limits::{BodyError, RequestBody};
 use crate::observe::Exchange;
+use crate::request_body::{BodyError, RequestBody};
 use bytes::Bytes;
 use http::uri::Authority;
 use http::{Request, Response};

@@ -12,7 +12,7 @@
 
 use super::conn::Conn;
 use super::decode::{Framing, FramingFields};
-use crate::limits::{BodyError, RequestBody};
+use crate::request_body::{BodyError, RequestBody};
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};

@@ -8,7 +8,10 @@
 //! own CPU time. An HTTP/1 client connection sends one request at a time, so
 //! it can simply keep the upstream connection its last request used, and only
 //! go to the generation's pool when it has none for the active generation
-//! (first request, after a switch, HTTP/2 streams).
+//! (first request, after a switch, HTTP/2 streams). A connection's first
+//! answer, and a pin whose client has gone quiet or stopped reading, go to
+//! the pool instead (see [`crate::linger`]): slow clients must not hold
+//! backend connections.
 //!
 //! A backend declared `h2c` is reached through [`h2c`] instead: one HTTP/2
 //! connection per generation, multiplexed, on hyper's client.
