@@ -260,57 +260,15 @@ async fn a_response_the_client_does_not_read_frees_its_backend_connection_for_an
     assert_eq!(body.len(), BIG);
 }
 
-/// An HTTP/1 client connection keeps its last upstream connection pinned
-/// for its next request, but not while it reads slowly or sits idle: the
-/// pin goes back to the pool, and other clients' requests use it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_http1_client_that_stops_reading_keeps_no_backend_connection_pinned() {
-    let b = Scripted::start(big_or_ok).await;
-    let p = start_proxy(&b, &["--response-buffer", "1MiB", "--workers", "1"]).await;
-
-    // A receive buffer of a few KiB, and no read at all.
+/// A client with a receive buffer of a few KiB that stops reading.
+async fn slow_reader(p: &handoff_tests::proxy::Proxy) -> TcpStream {
     let socket = TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
-    let mut slow = within("connect", socket.connect(p.http)).await.unwrap();
-    slow.write_all(b"GET /big HTTP/1.1\r\nHost: app.test\r\n\r\n")
-        .await
-        .unwrap();
-    b.wait("the slow client's request at the backend", |c| {
-        c.requests >= 1
-    })
-    .await;
+    within("connect", socket.connect(p.http)).await.unwrap()
+}
 
-    // Other clients, one request each, until one is sent on the slow
-    // client's backend connection (bounded: 10 s, 500 requests).
-    let reused = within("a request on the slow client's backend connection", async {
-        // Four at once: the pool hands out its newest idle connection
-        // first, so one request at a time could keep taking the same
-        // other connection and never reach the released one.
-        for _ in 0..125 {
-            let (r1, r2, r3, r4) = tokio::join!(
-                request::get(p.http, "/next"),
-                request::get(p.http, "/next"),
-                request::get(p.http, "/next"),
-                request::get(p.http, "/next"),
-            );
-            for r in [r1, r2, r3, r4] {
-                assert_eq!(r.status, StatusCode::OK);
-            }
-            if b.seen().iter().any(|s| s.target == "/next" && s.conn == 0) {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
-    assert!(
-        reused,
-        "the slow client's backend connection was never reused"
-    );
-
-    // The slow client still gets its whole answer.
-    let mut out = Vec::new();
-    read_until(&mut slow, &mut out, b"\r\n\r\n", "the slow client's head").await;
+/// Reads the slow client's whole answer at last: nothing was lost.
+async fn read_big(slow: &mut TcpStream, mut out: Vec<u8>) {
     let body_at = find(&out, b"\r\n\r\n").unwrap() + 4;
     within("the slow client's body", async {
         let mut chunk = [0u8; 64 * 1024];
@@ -322,6 +280,74 @@ async fn an_http1_client_that_stops_reading_keeps_no_backend_connection_pinned()
     })
     .await;
     assert_eq!(out.len() - body_at, BIG);
+}
+
+/// The first answer on an HTTP/1 connection: once its head reaches the
+/// client, the whole body is off the backend connection, which is in the
+/// pool for anyone, however slowly the client reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http1_client_that_stops_reading_holds_no_backend_connection() {
+    let b = Scripted::start(big_or_ok).await;
+    let p = start_proxy(&b, &["--response-buffer", "1MiB", "--workers", "1"]).await;
+    let mut slow = slow_reader(&p).await;
+    slow.write_all(b"GET /big HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    read_until(&mut slow, &mut out, b"\r\n\r\n", "the slow client's head").await;
+
+    let r = request::get(p.http, "/next").await;
+    assert_eq!(r.status, StatusCode::OK);
+    let seen = b.seen();
+    let next = seen.iter().find(|s| s.target == "/next").unwrap();
+    assert_eq!(
+        (next.conn, b.counts().accepts),
+        (0, 1),
+        "the slow client kept its backend connection: {seen:?}"
+    );
+    read_big(&mut slow, out).await;
+}
+
+/// From its second request on, an HTTP/1 client connection keeps its
+/// upstream connection pinned for its next request, but not while it stops
+/// reading: the pin goes back to the pool, and other clients use it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_backend_connection_is_released_when_its_client_stops_reading() {
+    let b = Scripted::start(big_or_ok).await;
+    let p = start_proxy(&b, &["--response-buffer", "1MiB", "--workers", "1"]).await;
+    let mut slow = slow_reader(&p).await;
+    slow.write_all(b"GET /ok HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    read_until(&mut slow, &mut out, b"\r\n\r\nok", "the first answer").await;
+    // The second request takes the pooled connection 0 and pins it.
+    slow.write_all(b"GET /big HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    read_until(&mut slow, &mut out, b"\r\n\r\n", "the slow client's head").await;
+
+    // Two other clients at a time, so the pool's newest connection cannot
+    // hide an older one, until a request goes over connection 0 (bounded:
+    // 10 s, 200 rounds).
+    let reused = within("a request on the slow client's backend connection", async {
+        for _ in 0..200 {
+            let (r1, r2) =
+                tokio::join!(request::get(p.http, "/next"), request::get(p.http, "/next"));
+            assert_eq!((r1.status, r2.status), (StatusCode::OK, StatusCode::OK));
+            if b.seen().iter().any(|s| s.target == "/next" && s.conn == 0) {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert!(
+        reused,
+        "the slow client's pinned connection was never released"
+    );
+    read_big(&mut slow, out).await;
 }
 
 // ---------------------------------------------------------------------------
