@@ -56,7 +56,7 @@ impl Admin {
             (&Method::GET, "/metrics") => (
                 StatusCode::OK,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                self.metrics.render(&self.apps),
+                self.metrics.render(&self.apps.in_flight_series()),
             ),
             (&Method::GET, "/healthz") => (
                 StatusCode::OK,

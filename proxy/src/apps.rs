@@ -8,13 +8,12 @@
 //! new table and swap it in whole.
 
 use crate::drain::Generation;
-use crate::metrics::Metrics;
+use crate::metrics::{AppCounters, InFlightSeries, Metrics};
 use crate::router::Router;
 use crate::routes::{RouteError, RouteSpec, RouteTable};
-use crate::upstream::UpstreamSettings;
+use crate::upstream::{Pinned, UpstreamSettings};
 use arc_swap::ArcSwap;
 use handoff_shared::{AppStatus, DrainingGeneration};
-use prometheus_client::metrics::counter::Counter;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
@@ -23,9 +22,9 @@ pub struct App {
     pub name: Arc<str>,
     pub spec: RouteSpec,
     pub router: Arc<Router>,
-    /// Requests answered for this app, by status class (1xx..5xx); handles
-    /// into the metrics family, taken once so a request only increments.
-    pub requests: [Counter; 5],
+    /// Requests answered for this app, by status class; handles into the
+    /// metrics family, taken once so a request only increments.
+    pub counters: Arc<AppCounters>,
 }
 
 impl App {
@@ -119,7 +118,7 @@ impl Apps {
                 || Arc::new(Router::new(self.settings.clone())),
                 |a| Arc::clone(&a.router),
             ),
-            requests: self.metrics.app_requests(name),
+            counters: self.metrics.app_counters(name),
         });
         let mut next = apps.clone();
         next.insert(name.to_string(), Arc::clone(&app));
@@ -173,6 +172,17 @@ impl Apps {
             .find(|g| g.id == id)
     }
 
+    /// Gives a client connection's pinned upstream connection back to the
+    /// pool of its own generation, found among every app's active ones; a
+    /// connection of a generation no longer active is closed instead.
+    pub fn release_pinned(&self, pinned: &Pinned) {
+        let Some(id) = pinned.pinned_id() else { return };
+        match self.active_generation(id) {
+            Some(g) => pinned.release_to(g.id, &g.pool),
+            None => pinned.drop_pinned(),
+        }
+    }
+
     /// Every generation of every app, active or draining, with its app.
     pub fn generations(&self) -> Vec<(Arc<str>, Arc<Generation>, &'static str)> {
         let mut out = Vec::new();
@@ -185,6 +195,20 @@ impl Apps {
             }
         }
         out
+    }
+
+    /// Every generation's in-flight count, for a metrics scrape.
+    pub fn in_flight_series(&self) -> Vec<InFlightSeries> {
+        self.generations()
+            .into_iter()
+            .map(|(app, g, state)| InFlightSeries {
+                app,
+                generation: g.id,
+                backend: g.addr.to_string(),
+                state,
+                in_flight: g.in_flight(),
+            })
+            .collect()
     }
 
     /// Generations still serving requests after a switch or a removal, of

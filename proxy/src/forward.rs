@@ -97,7 +97,7 @@ impl Forwarder {
                 return local(StatusCode::BAD_REQUEST, "invalid request target\n");
             }
         }
-        let app = &**exchange.app.insert(app);
+        exchange.app = Some(Arc::clone(&app.counters));
         let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
         // Before the generation is picked: a slow body holds no backend
         // connection and counts on no generation. Boxed, as most requests

@@ -53,7 +53,7 @@ impl<'a> Linger<'a> {
             return;
         };
         if self.flags.write_blocked() || self.timer.poll_passed(cx, since + LINGER).is_ready() {
-            self.pinned.release_home(self.apps);
+            self.apps.release_pinned(self.pinned);
         }
     }
 }

@@ -226,7 +226,10 @@ async fn serve_connection<I>(
     if let Err(e) = served.await {
         tracing::debug!(error = %e, %peer, "client connection ended");
     }
-    conn.client.pinned.release_home(&conn.front.forwarder.apps);
+    conn.front
+        .forwarder
+        .apps
+        .release_pinned(&conn.client.pinned);
 }
 
 /// A response body as hyper writes it; when hyper is done with it, the

@@ -1,7 +1,6 @@
 //! Prometheus metrics. Handles for per-request series are created once, so
 //! the request path only touches atomics.
 
-use crate::apps::Apps;
 use crate::histogram::AtomicHistogram;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -32,12 +31,30 @@ impl UpstreamError {
     }
 }
 
+/// One app's request counters, made once when the app is created: a
+/// request routed to it only increments them (and the access log names it).
+pub struct AppCounters {
+    pub name: std::sync::Arc<str>,
+    /// By status class: 1xx at 0 .. 5xx at 4.
+    requests: [Counter; 5],
+}
+
+/// One backend generation's in-flight count, as a scrape reports it.
+pub struct InFlightSeries {
+    pub app: std::sync::Arc<str>,
+    pub generation: u64,
+    pub backend: String,
+    /// `active` or `draining`.
+    pub state: &'static str,
+    pub in_flight: u64,
+}
+
 pub struct Metrics {
     registry: Registry,
     /// Indexed by status class: 1xx at 0 .. 5xx at 4.
     requests: [Counter; 5],
     /// The same by app; each app keeps handles to its own series
-    /// ([`Metrics::app_requests`]). Only app names become labels, never a
+    /// ([`Metrics::app_counters`]). Only app names become labels, never a
     /// host a client sent.
     app_requests: Family<Labels, Counter>,
     duration: AtomicHistogram,
@@ -146,22 +163,25 @@ impl Metrics {
 
     /// One request answered; `app` is the routed app's series, `None` for
     /// a request no app took (404, loop, refused before routing).
-    pub fn request_done(&self, app: Option<&[Counter; 5]>, status: u16, elapsed: Duration) {
+    pub fn request_done(&self, app: Option<&AppCounters>, status: u16, elapsed: Duration) {
         let class = (status / 100).clamp(1, 5) as usize - 1;
         self.requests[class].inc();
         if let Some(app) = app {
-            app[class].inc();
+            app.requests[class].inc();
         }
         self.duration.observe(elapsed);
     }
 
     /// Handles to the series of one app, one per status class.
-    pub fn app_requests(&self, app: &str) -> [Counter; 5] {
-        std::array::from_fn(|i| {
-            self.app_requests.get_or_create_owned(&vec![
-                ("app", app.to_string()),
-                ("class", format!("{}xx", i + 1)),
-            ])
+    pub fn app_counters(&self, app: &str) -> std::sync::Arc<AppCounters> {
+        std::sync::Arc::new(AppCounters {
+            name: app.into(),
+            requests: std::array::from_fn(|i| {
+                self.app_requests.get_or_create_owned(&vec![
+                    ("app", app.to_string()),
+                    ("class", format!("{}xx", i + 1)),
+                ])
+            }),
         })
     }
 
@@ -214,19 +234,21 @@ impl Metrics {
 
     /// The Prometheus text exposition, with in-flight counts read from the
     /// router at this instant.
-    pub fn render(&self, apps: &Apps) -> String {
+    /// `in_flight` is every app's generations at this instant (the admin
+    /// endpoint reads them from the apps).
+    pub fn render(&self, in_flight: &[InFlightSeries]) -> String {
         let _one_at_a_time = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
         self.in_flight.clear();
-        for (app, g, state) in apps.generations() {
+        for g in in_flight {
             let labels = vec![
-                ("generation", g.id.to_string()),
-                ("backend", g.addr.to_string()),
-                ("state", state.to_string()),
-                ("app", app.to_string()),
+                ("generation", g.generation.to_string()),
+                ("backend", g.backend.clone()),
+                ("state", g.state.to_string()),
+                ("app", g.app.to_string()),
             ];
             self.in_flight
                 .get_or_create(&labels)
-                .set(g.in_flight() as i64);
+                .set(i64::try_from(g.in_flight).unwrap_or(i64::MAX));
         }
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");

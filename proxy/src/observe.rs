@@ -1,8 +1,7 @@
 //! One record per request, finished when the response's last byte is sent
 //! (or the client goes away): it feeds the metrics and writes the access log.
 
-use crate::apps::App;
-use crate::metrics::Metrics;
+use crate::metrics::{AppCounters, Metrics};
 use http::Method;
 use std::sync::Arc;
 use std::time::Instant;
@@ -22,7 +21,7 @@ pub struct Exchange {
     pub bytes: u64,
     pub backend: Option<(http::uri::Authority, u64)>,
     /// The app the request was routed to; `None` when no app took it.
-    pub app: Option<Arc<App>>,
+    pub app: Option<Arc<AppCounters>>,
 }
 
 impl Exchange {
@@ -45,7 +44,7 @@ impl Drop for Exchange {
     fn drop(&mut self) {
         let elapsed = self.start.elapsed();
         self.metrics
-            .request_done(self.app.as_ref().map(|a| &a.requests), self.status, elapsed);
+            .request_done(self.app.as_deref(), self.status, elapsed);
         let Some(path) = &self.path else { return };
         let (backend, generation) = match &self.backend {
             Some((addr, generation)) => (addr.as_str(), *generation),

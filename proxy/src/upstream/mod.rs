@@ -243,18 +243,13 @@ impl Pinned {
         }
     }
 
-    /// [`Pinned::release_to`] the pool of the pinned connection's own
-    /// generation, found among every app's active ones; a connection of a
-    /// generation no longer active is closed instead.
-    pub fn release_home(&self, apps: &crate::apps::Apps) {
-        let Some(id) = self.pinned_id() else { return };
-        match apps.active_generation(id) {
-            Some(g) => self.release_to(g.id, &g.pool),
-            None => drop(self.slot.lock().expect("pinned slot poisoned").take()),
-        }
+    /// Closes the pinned connection, whatever it is.
+    pub fn drop_pinned(&self) {
+        drop(self.slot.lock().expect("pinned slot poisoned").take());
     }
 
-    fn pinned_id(&self) -> Option<u64> {
+    /// The generation of the pinned connection, if one is pinned.
+    pub fn pinned_id(&self) -> Option<u64> {
         self.slot
             .lock()
             .expect("pinned slot poisoned")
