@@ -290,20 +290,10 @@ fn parse_host_ports(text: &str) -> Result<(u16, u16), String> {
 
 /// Checks an app name before it becomes part of container names and a lock
 /// file path, so `--name ../x` can never escape the state dir.
+/// The rule is the control API's own (`handoff_shared`), so a name the
+/// deployer accepts is one the proxy takes as an app name.
 pub fn validate_app_name(name: &str) -> Result<(), String> {
-    let ok_chars = name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-');
-    let first_ok = name
-        .bytes()
-        .next()
-        .is_some_and(|b| b.is_ascii_alphanumeric());
-    if name.is_empty() || name.len() > 60 || !ok_chars || !first_ok {
-        return Err(format!(
-            "invalid app name {name:?}: use 1-60 characters from [a-zA-Z0-9_.-], starting with a letter or digit"
-        ));
-    }
-    Ok(())
+    handoff_shared::validate_app_name(name)
 }
 
 #[cfg(test)]
