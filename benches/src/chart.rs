@@ -1,6 +1,7 @@
-//! The side-by-side chart of `switch` and `seed`: throughput and p99 per
-//! 100 ms, cut-over moments as vertical lines, failures as red dots. Both
-//! columns share their y axes so the eye compares like with like.
+//! Side-by-side charts of runs on the cut-over time line (`switch` and
+//! `seed`; the three proxies of `upgrade`): throughput and p99 per 100 ms,
+//! cut-over moments as vertical lines, failures as red dots. All columns
+//! share their y axes so the eye compares like with like.
 
 use crate::scenarios::cutover::CutoverReport;
 use anyhow::{anyhow, Result};
@@ -9,13 +10,42 @@ use std::path::Path;
 
 pub const FILE: &str = "switch-vs-seed.svg";
 
-pub fn draw(path: &Path, reports: &[&CutoverReport]) -> Result<()> {
-    let root = SVGBackend::new(path, (1400, 820)).into_drawing_area();
+/// One column: its caption and its run.
+pub struct Panel<'a> {
+    pub caption: String,
+    pub run: &'a CutoverReport,
+}
+
+/// The `switch` and `seed` columns.
+pub fn switch_vs_seed<'a>(reports: &[&'a CutoverReport]) -> Vec<Panel<'a>> {
+    reports
+        .iter()
+        .map(|r| {
+            let label = match r.scenario.as_str() {
+                "switch" => "handoff-proxy: switch over the control socket, stop old after drain",
+                "seed" => "nginx: envsubst + nginx -s reload, stop old at once",
+                other => other,
+            };
+            Panel {
+                caption: format!(
+                    "{label}: {} failed, {} long cut",
+                    r.failed_total, r.cut_long
+                ),
+                run: r,
+            }
+        })
+        .collect()
+}
+
+pub fn draw(path: &Path, heading: &str, panels: &[Panel<'_>]) -> Result<()> {
+    let reports: Vec<&CutoverReport> = panels.iter().map(|p| p.run).collect();
+    let width = 700 * reports.len().max(2) as u32;
+    let root = SVGBackend::new(path, (width, 820)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let (title, body) = root.split_vertically(36);
     title
         .draw_text(
-            "handoff-proxy switch vs nginx reload + stop (bluegreen.sh): same load, same machine",
+            heading,
             &("sans-serif", 20).into_font().color(&BLACK),
             (20, 10),
         )
@@ -49,16 +79,8 @@ pub fn draw(path: &Path, reports: &[&CutoverReport]) -> Result<()> {
             .collect::<Vec<_>>()
     };
     let areas = body.split_evenly((2, reports.len().max(1)));
-    for (col, r) in reports.iter().enumerate() {
-        let label = match r.scenario.as_str() {
-            "switch" => "handoff-proxy: switch over the control socket, stop old after drain",
-            "seed" => "nginx: envsubst + nginx -s reload, stop old at once",
-            other => other,
-        };
-        let caption = format!(
-            "{label}: {} failed, {} long cut",
-            r.failed_total, r.cut_long
-        );
+    for (col, (r, panel)) in reports.iter().zip(panels).enumerate() {
+        let caption = panel.caption.clone();
         let series = shown(r);
         let switch_x: Vec<f64> = r.events.iter().map(|e| e.t_ms / 1000.0).collect();
 

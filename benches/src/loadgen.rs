@@ -42,6 +42,12 @@ pub struct Stream {
     /// target's address (what a client given an IP:port sends). `routes`
     /// spreads its connections over several apps' hosts this way.
     pub host: Option<HeaderValue>,
+    /// Every request on a connection of its own (`Connection: close`), as
+    /// clients without keep-alive do: what a proxy's listener sees as a
+    /// stream of new connections during a restart or upgrade. Such a request
+    /// is never resent: a connection closed before it was written is a
+    /// refused connection ([`Outcome::Connect`]).
+    pub fresh_conn: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -65,7 +71,8 @@ pub enum Outcome {
     Status5xx,
     /// Any other non-2xx answer.
     StatusOther,
-    /// No TCP connection could be made.
+    /// No TCP connection could be made, or a new connection was closed
+    /// before its first request could be written: refused.
     Connect,
     /// The connection broke after the request was (maybe partly) sent.
     Broken,
@@ -100,6 +107,8 @@ pub struct Sample {
     /// The backend's `x-bench-backend` header, 0 when absent.
     pub backend: u8,
     pub long: bool,
+    /// Sent on a connection of its own ([`Stream::fresh_conn`]).
+    pub fresh: bool,
 }
 
 impl Sample {
@@ -247,6 +256,7 @@ async fn worker(shared: Arc<Shared>, stream: Stream, next: Arc<AtomicU64>) -> (V
             outcome,
             backend,
             long: stream.long,
+            fresh: stream.fresh_conn,
         });
         if !outcome.is_ok() && stream.mode == Mode::Closed {
             // A closed loop would otherwise spin through its budget on
@@ -304,6 +314,9 @@ async fn request(
     conn: &mut Option<Conn>,
     resent: &mut u64,
 ) -> (Outcome, u8) {
+    if stream.fresh_conn {
+        *conn = None;
+    }
     for attempt in 0..2 {
         if !matches!(conn, Some(c) if c.is_usable()) {
             *conn = connect(shared.spec.target).await;
@@ -312,15 +325,22 @@ async fn request(
             return (Outcome::Connect, 0);
         };
         if driving(sender.ready(), driver).await.is_err() {
-            // Closed while idle, before anything was sent: reconnect.
             *conn = None;
+            if stream.fresh_conn {
+                return (Outcome::Connect, 0);
+            }
+            // Closed while idle, before anything was sent: reconnect.
             continue;
         }
         let host = stream.host.as_ref().unwrap_or(&shared.host);
-        let req = Request::get(stream.path.as_str())
+        let mut req = Request::get(stream.path.as_str())
             .header(http::header::HOST, host.clone())
             .body(Empty::new())
             .expect("static request parts are valid");
+        if stream.fresh_conn {
+            req.headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
         match driving(sender.send_request(req), driver).await {
             Ok(resp) => {
                 let status = resp.status();
@@ -333,7 +353,14 @@ async fn request(
                     *conn = None;
                     return (Outcome::Broken, backend);
                 }
+                if stream.fresh_conn {
+                    *conn = None;
+                }
                 return (classify(status), backend);
+            }
+            Err(e) if e.is_canceled() && stream.fresh_conn => {
+                *conn = None;
+                return (Outcome::Connect, 0);
             }
             Err(e) if e.is_canceled() && attempt == 0 => {
                 *resent += 1;

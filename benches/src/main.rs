@@ -11,6 +11,7 @@ mod report;
 mod scenarios;
 mod servers;
 mod stats;
+mod upgrades;
 mod wrk;
 
 use anyhow::{bail, Result};
@@ -66,7 +67,11 @@ enum Cmd {
     /// slowhttptest slow bodies (-B) and slow readers (-X) against
     /// handoff-proxy and nginx: backend connections held, and a probe.
     SlowClients(scenarios::slow_clients::SlowArgs),
-    /// steady, routes, switch, seed, deploy and slow-clients in turn, then the chart.
+    /// handoff-proxy, nginx and HAProxy each upgraded in place N times
+    /// under load (`--upgrade`; USR2, WINCH, QUIT; `-x` reload).
+    Upgrade(scenarios::upgrade::UpgradeArgs),
+    /// steady, routes, switch, seed, deploy, slow-clients and upgrade in
+    /// turn, then the charts.
     All {
         #[command(flatten)]
         cutover: CutoverArgs,
@@ -125,6 +130,7 @@ async fn dispatch(common: &Common, cmd: Cmd) -> Result<()> {
         Cmd::Seed(args) => run_cutover(common, &args, "seed").await,
         Cmd::Deploy(args) => run_cutover(common, &args, "deploy").await,
         Cmd::SlowClients(args) => run_slow_clients(common, &args).await,
+        Cmd::Upgrade(args) => run_upgrade(common, &args).await,
         Cmd::All { cutover, rounds } => {
             let steady_args = SteadyArgs {
                 conns: vec![64, 256],
@@ -145,9 +151,12 @@ async fn dispatch(common: &Common, cmd: Cmd) -> Result<()> {
             run_cutover(common, &cutover, "seed").await?;
             run_cutover(common, &cutover, "deploy").await?;
             run_slow_clients(common, &scenarios::slow_clients::SlowArgs::default()).await?;
-            Ok(())
+            run_upgrade(common, &scenarios::upgrade::UpgradeArgs::default()).await
         }
-        Cmd::Chart => draw_chart(common),
+        Cmd::Chart => {
+            draw_chart(common)?;
+            draw_upgrade_chart(common)
+        }
         Cmd::Report => {
             let r: steady::SteadyReport = report::read_json(&common.out, "steady")?;
             println!("{}", steady::markdown(&r));
@@ -235,7 +244,35 @@ fn draw_chart(common: &Common) -> Result<()> {
     let switch: CutoverReport = report::read_json(&common.out, "switch")?;
     let seed: CutoverReport = report::read_json(&common.out, "seed")?;
     let path = common.out.join(chart::FILE);
-    chart::draw(&path, &[&switch, &seed])?;
+    chart::draw(
+        &path,
+        "handoff-proxy switch vs nginx reload + stop (bluegreen.sh): same load, same machine",
+        &chart::switch_vs_seed(&[&switch, &seed]),
+    )?;
+    tracing::info!("chart: {}", path.display());
+    Ok(())
+}
+
+async fn run_upgrade(common: &Common, args: &scenarios::upgrade::UpgradeArgs) -> Result<()> {
+    use scenarios::upgrade;
+    let r = upgrade::run(common, args).await?;
+    let md = upgrade::markdown(&r);
+    println!("{md}");
+    let path = report::write_json(&common.out, "upgrade", &r)?;
+    std::fs::write(common.out.join("upgrade-latest.md"), &md)?;
+    tracing::info!("raw figures: {}", path.display());
+    draw_upgrade_chart(common)?;
+    upgrade::check(&r)
+}
+
+fn draw_upgrade_chart(common: &Common) -> Result<()> {
+    let r: scenarios::upgrade::UpgradeReport = report::read_json(&common.out, "upgrade")?;
+    let path = common.out.join(scenarios::upgrade::CHART);
+    chart::draw(
+        &path,
+        "Upgrading the proxy itself under load: handoff-proxy --upgrade vs nginx binary upgrade vs HAProxy -x reload",
+        &scenarios::upgrade::panels(&r),
+    )?;
     tracing::info!("chart: {}", path.display());
     Ok(())
 }

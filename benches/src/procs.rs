@@ -45,6 +45,9 @@ impl Drop for TempDir {
 pub struct Proc {
     name: String,
     child: Child,
+    /// Stdout, a line at a time, once a caller waited for a line.
+    /// (In a mutex only so that a `Proc` can be shared between threads.)
+    lines: Option<std::sync::Mutex<std::sync::mpsc::Receiver<String>>>,
 }
 
 impl Proc {
@@ -58,6 +61,7 @@ impl Proc {
         Ok(Proc {
             name: name.to_string(),
             child,
+            lines: None,
         })
     }
 
@@ -112,36 +116,99 @@ impl Proc {
 
     /// Reads stdout lines until one starts with `prefix` and returns it. The
     /// rest of stdout keeps being drained so the child never blocks on a
-    /// full pipe.
+    /// full pipe; later lines wait for the next call.
     pub fn ready_line(&mut self, prefix: &str, timeout: Duration) -> Result<String> {
-        let stdout = self
-            .child
-            .stdout
-            .take()
-            .ok_or_else(|| anyhow!("{}: stdout not captured", self.name))?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        let prefix = prefix.to_string();
-        std::thread::spawn(move || {
-            let mut sent = false;
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if !sent && line.starts_with(&prefix) {
-                    sent = tx.send(line).is_ok();
+        if self.lines.is_none() {
+            let stdout = self
+                .child
+                .stdout
+                .take()
+                .ok_or_else(|| anyhow!("{}: stdout not captured", self.name))?;
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    // A receiver that is gone only means nobody waits for
+                    // lines any more; the pipe is still drained.
+                    let _ = tx.send(line);
+                }
+            });
+            self.lines = Some(std::sync::Mutex::new(rx));
+        }
+        let found = {
+            let lines = self
+                .lines
+                .as_ref()
+                .expect("set above")
+                .lock()
+                .map_err(|_| anyhow!("{}: stdout reader poisoned", self.name))?;
+            let deadline = Instant::now() + timeout;
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match lines.recv_timeout(left) {
+                    Ok(line) if line.starts_with(prefix) => break Some(line),
+                    Ok(_) => continue,
+                    Err(_) => break None,
                 }
             }
-        });
-        rx.recv_timeout(timeout).map_err(|_| {
-            let status = self
-                .check_running()
-                .err()
-                .map(|e| format!(" ({e})"))
-                .unwrap_or_default();
-            anyhow!(
-                "{} printed no ready line within {timeout:?}{status}",
-                self.name
-            )
-        })
+        };
+        if let Some(line) = found {
+            return Ok(line);
+        }
+        let status = self
+            .check_running()
+            .err()
+            .map(|e| format!(" ({e})"))
+            .unwrap_or_default();
+        bail!(
+            "{} printed no line starting {prefix:?} within {timeout:?}{status}",
+            self.name
+        )
     }
+
+    /// Waits up to `timeout` for the process to exit on its own.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("{} still running after {timeout:?}", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// Sends `signal` (a name such as `USR2`) to `pid`.
+pub fn signal(pid: u32, signal: &str) -> Result<()> {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .stderr(Stdio::null())
+        .status()?;
+    if !status.success() {
+        bail!("kill -{signal} {pid} failed: {status}");
+    }
+    Ok(())
+}
+
+/// Whether `pid` is a live process: a zombie (exited, not yet reaped by
+/// whoever adopted it) counts as gone.
+pub fn is_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let state = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .next()?
+                .to_string();
+            Some(state != "Z" && state != "X")
+        })
+        .unwrap_or(false)
 }
 
 impl Drop for Proc {
@@ -198,7 +265,8 @@ fn status_field(pid: u32, field: &str) -> Option<u64> {
     line[field.len()..].split_whitespace().next()?.parse().ok()
 }
 
-fn children_of(pid: u32) -> Vec<u32> {
+/// The children of `pid` (nginx's workers of one master).
+pub fn children_of(pid: u32) -> Vec<u32> {
     let mut out = Vec::new();
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return out;

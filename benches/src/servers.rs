@@ -28,7 +28,7 @@ pub struct Nginx {
 }
 
 const NGINX_CONF: &str = r#"worker_processes auto;
-daemon off;
+daemon @DAEMON@;
 pid @DIR@/nginx.pid;
 error_log @DIR@/error.log warn;
 events { worker_connections 8192; }
@@ -67,7 +67,7 @@ pub struct NginxHost {
 }
 
 /// The single catch-all server every scenario but `routes` uses.
-fn single_server(port: u16) -> String {
+pub fn single_server(port: u16) -> String {
     format!(
         "    server {{\n        listen 127.0.0.1:{port} backlog=4096;\n        location / {{\n{NGINX_PROXY}        }}\n    }}\n"
     )
@@ -106,6 +106,41 @@ const NGINX_UPSTREAM_TEMPLATE: &str = r#"upstream app {
 }
 "#;
 
+/// nginx's binary, and a temp dir holding its configuration for one
+/// listener on `port`.
+#[derive(Debug)]
+pub struct NginxFiles {
+    pub bin: PathBuf,
+    pub dir: TempDir,
+    pub port: u16,
+}
+
+impl NginxFiles {
+    /// `nginx.conf`, the upstream template and `backend.conf`. `daemon`:
+    /// nginx forks into the background, which its binary upgrade needs
+    /// (in the foreground it ignores USR2 and WINCH).
+    pub fn write(
+        backend_port: u16,
+        servers: impl FnOnce(u16) -> String,
+        daemon: bool,
+    ) -> Result<NginxFiles> {
+        let bin = find_tool("nginx").ok_or_else(|| anyhow!(missing_nginx()))?;
+        let dir = TempDir::new("nginx")?;
+        let port = free_port()?;
+        let d = dir.path().display().to_string();
+        std::fs::write(
+            dir.path().join("nginx.conf"),
+            NGINX_CONF
+                .replace("@DIR@", &d)
+                .replace("@DAEMON@", if daemon { "on" } else { "off" })
+                .replace("@SERVERS@", &servers(port)),
+        )?;
+        std::fs::write(dir.path().join("backend.template"), NGINX_UPSTREAM_TEMPLATE)?;
+        write_upstream(dir.path(), backend_port)?;
+        Ok(NginxFiles { bin, dir, port })
+    }
+}
+
 impl Nginx {
     /// One catch-all server (every scenario but `routes`).
     pub fn start(backend_port: u16) -> Result<Nginx> {
@@ -118,18 +153,7 @@ impl Nginx {
     }
 
     fn start_with(backend_port: u16, servers: impl FnOnce(u16) -> String) -> Result<Nginx> {
-        let bin = find_tool("nginx").ok_or_else(|| anyhow!(missing_nginx()))?;
-        let dir = TempDir::new("nginx")?;
-        let port = free_port()?;
-        let d = dir.path().display().to_string();
-        std::fs::write(
-            dir.path().join("nginx.conf"),
-            NGINX_CONF
-                .replace("@DIR@", &d)
-                .replace("@SERVERS@", &servers(port)),
-        )?;
-        std::fs::write(dir.path().join("backend.template"), NGINX_UPSTREAM_TEMPLATE)?;
-        write_upstream(dir.path(), backend_port)?;
+        let NginxFiles { bin, dir, port } = NginxFiles::write(backend_port, servers, false)?;
         let mut cmd = Command::new(&bin);
         cmd.args(nginx_args(&dir))
             .stdin(Stdio::null())
@@ -178,7 +202,7 @@ impl Nginx {
     }
 }
 
-fn nginx_args(dir: &TempDir) -> Vec<String> {
+pub fn nginx_args(dir: &TempDir) -> Vec<String> {
     let d = dir.path().display();
     vec![
         "-p".into(),
@@ -220,6 +244,21 @@ fn write_upstream(dir: &std::path::Path, port: u16) -> Result<()> {
     Ok(())
 }
 
+/// HAProxy's configuration: HTTP mode, server-side connection reuse, the
+/// forwarding headers handoff-proxy adds; `global` gets `extra_global` lines.
+pub fn haproxy_config(port: u16, backend: SocketAddr, extra_global: &str) -> String {
+    format!(
+        "global\n    maxconn 8000\n    nbthread 2\n{extra_global}\
+         defaults\n    mode http\n    timeout connect 5s\n    timeout client 120s\n    timeout server 120s\n    \
+         http-reuse always\n    option forwardfor\n\
+         frontend fe\n    bind 127.0.0.1:{port}\n    \
+         http-request set-header X-Forwarded-Proto http\n    \
+         http-request set-header X-Forwarded-Host %[req.hdr(host)]\n    \
+         default_backend be\n\
+         backend be\n    server app {backend}\n"
+    )
+}
+
 /// HAProxy in HTTP mode with server-side connection reuse; optional.
 #[derive(Debug)]
 pub struct Haproxy {
@@ -238,16 +277,7 @@ impl Haproxy {
             .ok_or_else(|| anyhow!("haproxy not found (apt-get install -y haproxy)"))?;
         let dir = TempDir::new("haproxy")?;
         let port = free_port()?;
-        let cfg = format!(
-            "global\n    maxconn 8000\n    nbthread 2\n\
-             defaults\n    mode http\n    timeout connect 5s\n    timeout client 120s\n    timeout server 120s\n    \
-             http-reuse always\n    option forwardfor\n\
-             frontend fe\n    bind 127.0.0.1:{port}\n    \
-             http-request set-header X-Forwarded-Proto http\n    \
-             http-request set-header X-Forwarded-Host %[req.hdr(host)]\n    \
-             default_backend be\n\
-             backend be\n    server app {backend}\n"
-        );
+        let cfg = haproxy_config(port, backend, "");
         let path = dir.path().join("haproxy.cfg");
         std::fs::write(&path, cfg)?;
         let log = std::fs::File::create(dir.path().join("haproxy.log"))?;
@@ -281,7 +311,11 @@ impl Haproxy {
 /// handoff-proxy, started per its CLI contract and ready when it says so.
 #[derive(Debug)]
 pub struct HandoffProxy {
-    proc: Proc,
+    /// The process serving now (the newest after an upgrade).
+    pub(crate) proc: Proc,
+    pub(crate) bin: PathBuf,
+    /// Its flags: an upgrade starts the new process with the same ones.
+    pub(crate) args: Vec<String>,
     dir: TempDir,
     pub addr: SocketAddr,
     pub control: PathBuf,
@@ -298,23 +332,11 @@ impl HandoffProxy {
         Self::start_with(Some(backend), drain_timeout)
     }
 
-    /// Starts the proxy with no backend at all when `backend` is `None`
-    /// (the deployer's first deploy sets one).
-    pub fn start_with(backend: Option<SocketAddr>, drain_timeout: &str) -> Result<HandoffProxy> {
-        let bin = Self::binary()?;
-        let dir = TempDir::new("handoff")?;
-        let control = dir.path().join("control.sock");
-        let log = std::fs::File::create(dir.path().join("proxy.log"))?;
-        let mut cmd = Command::new(&bin);
-        if supports_flag(&bin, "--admin") {
-            // Its default admin port may be taken; metrics are still kept.
-            cmd.args(["--admin", "off"]);
-        }
-        cmd.args(["--http", "127.0.0.1:0", "--control"])
-            .arg(&control)
-            .arg("--state")
-            .arg(dir.path().join("state.json"))
-            .args(["--drain-timeout", drain_timeout])
+    /// The command for `args`, logging to `log` (the proxy's log file,
+    /// appended to by every process of an upgrade).
+    pub(crate) fn command(bin: &std::path::Path, args: &[String], log: std::fs::File) -> Command {
+        let mut cmd = Command::new(bin);
+        cmd.args(args)
             .env(
                 "RUST_LOG",
                 std::env::var("HANDOFF_BENCH_PROXY_LOG").unwrap_or_else(|_| "warn".into()),
@@ -322,9 +344,30 @@ impl HandoffProxy {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log);
-        if let Some(backend) = backend {
-            cmd.args(["--backend", &backend.to_string()]);
+        cmd
+    }
+
+    /// Starts the proxy with no backend at all when `backend` is `None`
+    /// (the deployer's first deploy sets one).
+    pub fn start_with(backend: Option<SocketAddr>, drain_timeout: &str) -> Result<HandoffProxy> {
+        let bin = Self::binary()?;
+        let dir = TempDir::new("handoff")?;
+        let control = dir.path().join("control.sock");
+        let log = std::fs::File::create(dir.path().join("proxy.log"))?;
+        let mut args: Vec<String> = Vec::new();
+        if supports_flag(&bin, "--admin") {
+            // Its default admin port may be taken; metrics are still kept.
+            args.extend(["--admin".into(), "off".into()]);
         }
+        args.extend(["--http".into(), "127.0.0.1:0".into(), "--control".into()]);
+        args.push(control.display().to_string());
+        args.push("--state".into());
+        args.push(dir.path().join("state.json").display().to_string());
+        args.extend(["--drain-timeout".into(), drain_timeout.into()]);
+        if let Some(backend) = backend {
+            args.extend(["--backend".into(), backend.to_string()]);
+        }
+        let mut cmd = Self::command(&bin, &args, log);
         let mut proc = Proc::spawn("handoff-proxy", &mut cmd)?;
         let line = proc
             .ready_line("handoff-proxy ready ", START_TIMEOUT)
@@ -340,6 +383,8 @@ impl HandoffProxy {
         let control = field("control=").map(PathBuf::from).unwrap_or(control);
         Ok(HandoffProxy {
             proc,
+            bin,
+            args,
             dir,
             addr,
             control,
@@ -359,7 +404,11 @@ impl HandoffProxy {
     }
 
     pub fn log_tail(&self) -> String {
-        log_tail(&self.dir.path().join("proxy.log"))
+        log_tail(&self.log_path())
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("proxy.log")
     }
 }
 

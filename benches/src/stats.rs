@@ -123,6 +123,7 @@ mod tests {
             outcome,
             backend: 1,
             long: false,
+            fresh: false,
         }
     }
 

@@ -100,6 +100,7 @@ impl Timeline {
                     mode: Mode::Open { rate: args.rate },
                     long: false,
                     host: None,
+                    fresh_conn: false,
                 },
                 Stream {
                     path: format!("/slow?ms={}", self.long_ms),
@@ -107,6 +108,7 @@ impl Timeline {
                     mode: Mode::Closed,
                     long: true,
                     host: None,
+                    fresh_conn: false,
                 },
             ],
             duration: Duration::from_millis(self.end_ms),

@@ -8,6 +8,7 @@ pub mod slow_clients;
 pub mod steady;
 mod steady_report;
 pub mod switch;
+pub mod upgrade;
 
 use anyhow::{anyhow, Result};
 use std::path::PathBuf;

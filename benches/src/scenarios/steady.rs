@@ -135,6 +135,7 @@ fn streams(kinds: &[RequestKind], conns: usize, mode: Mode) -> Vec<Stream> {
                 mode,
                 long: false,
                 host: kind.host.clone(),
+                fresh_conn: false,
             }
         })
         .filter(|s| s.conns > 0)
