@@ -88,6 +88,7 @@ async fn serve(args: BackendArgs) -> anyhow::Result<()> {
                     let _ = hyper::server::conn::http1::Builder::new()
                         .keep_alive(true)
                         .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades()
                         .await;
                 });
             }
@@ -99,6 +100,9 @@ async fn handle(
     req: Request<Incoming>,
     id: HeaderValue,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    if let Some(key) = req.headers().get("sec-websocket-key").cloned() {
+        return Ok(websocket(req, &key));
+    }
     let (status, body) = match req.uri().path() {
         // Reads the whole body first, as an app parsing a form does (the
         // other routes answer without reading it, and hyper then closes).
@@ -140,6 +144,47 @@ async fn handle(
     *resp.status_mut() = status;
     resp.headers_mut().insert(ID_HEADER, id);
     Ok(resp)
+}
+
+/// A WebSocket echo (`upgrade`'s WebSocket clients): every text or binary
+/// message is sent back until the client closes.
+fn websocket(mut req: Request<Incoming>, key: &HeaderValue) -> Response<Full<Bytes>> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            Role::Server,
+            None,
+        )
+        .await;
+        while let Some(Ok(msg)) = ws.next().await {
+            if msg.is_close() {
+                break;
+            }
+            if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                break;
+            }
+        }
+        let _ = ws.close(None).await;
+    });
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = resp.headers_mut();
+    headers.insert(
+        http::header::CONNECTION,
+        HeaderValue::from_static("upgrade"),
+    );
+    headers.insert(http::header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(accept) = HeaderValue::from_str(&accept) {
+        headers.insert(http::header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    resp
 }
 
 fn slow_ms(query: Option<&str>) -> Option<u64> {

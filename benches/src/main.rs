@@ -4,6 +4,7 @@
 
 mod backend;
 mod chart;
+mod h2_ws;
 mod loadgen;
 mod minproxy;
 mod procs;
@@ -11,6 +12,7 @@ mod report;
 mod scenarios;
 mod servers;
 mod stats;
+mod tls;
 mod upgrades;
 mod wrk;
 

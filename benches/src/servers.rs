@@ -47,7 +47,7 @@ http {
 
 /// What every `location` does: the forwarding headers handoff-proxy adds,
 /// so both do the same work.
-const NGINX_PROXY: &str = r#"            proxy_pass http://app;
+pub const NGINX_PROXY: &str = r#"            proxy_pass http://app;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_set_header Host $host;
@@ -245,13 +245,19 @@ fn write_upstream(dir: &std::path::Path, port: u16) -> Result<()> {
 }
 
 /// HAProxy's configuration: HTTP mode, server-side connection reuse, the
-/// forwarding headers handoff-proxy adds; `global` gets `extra_global` lines.
-pub fn haproxy_config(port: u16, backend: SocketAddr, extra_global: &str) -> String {
+/// forwarding headers handoff-proxy adds; `global` gets `extra_global`
+/// lines, the frontend `extra_bind` ones.
+pub fn haproxy_config(
+    port: u16,
+    backend: SocketAddr,
+    extra_global: &str,
+    extra_bind: &str,
+) -> String {
     format!(
         "global\n    maxconn 8000\n    nbthread 2\n{extra_global}\
          defaults\n    mode http\n    timeout connect 5s\n    timeout client 120s\n    timeout server 120s\n    \
          http-reuse always\n    option forwardfor\n\
-         frontend fe\n    bind 127.0.0.1:{port}\n    \
+         frontend fe\n    bind 127.0.0.1:{port}\n{extra_bind}    \
          http-request set-header X-Forwarded-Proto http\n    \
          http-request set-header X-Forwarded-Host %[req.hdr(host)]\n    \
          default_backend be\n\
@@ -277,7 +283,7 @@ impl Haproxy {
             .ok_or_else(|| anyhow!("haproxy not found (apt-get install -y haproxy)"))?;
         let dir = TempDir::new("haproxy")?;
         let port = free_port()?;
-        let cfg = haproxy_config(port, backend, "");
+        let cfg = haproxy_config(port, backend, "", "");
         let path = dir.path().join("haproxy.cfg");
         std::fs::write(&path, cfg)?;
         let log = std::fs::File::create(dir.path().join("haproxy.log"))?;
@@ -318,6 +324,8 @@ pub struct HandoffProxy {
     pub(crate) args: Vec<String>,
     dir: TempDir,
     pub addr: SocketAddr,
+    /// The HTTPS listener, when started with one.
+    pub https: Option<SocketAddr>,
     pub control: PathBuf,
 }
 
@@ -350,6 +358,32 @@ impl HandoffProxy {
     /// Starts the proxy with no backend at all when `backend` is `None`
     /// (the deployer's first deploy sets one).
     pub fn start_with(backend: Option<SocketAddr>, drain_timeout: &str) -> Result<HandoffProxy> {
+        Self::start_args(backend, drain_timeout, &[])
+    }
+
+    /// With an HTTPS listener on a free port, serving `cert` and `key`.
+    pub fn start_tls(
+        backend: SocketAddr,
+        drain_timeout: &str,
+        cert: &std::path::Path,
+        key: &std::path::Path,
+    ) -> Result<HandoffProxy> {
+        let extra = [
+            "--https".to_string(),
+            "127.0.0.1:0".into(),
+            "--tls-cert".into(),
+            cert.display().to_string(),
+            "--tls-key".into(),
+            key.display().to_string(),
+        ];
+        Self::start_args(Some(backend), drain_timeout, &extra)
+    }
+
+    fn start_args(
+        backend: Option<SocketAddr>,
+        drain_timeout: &str,
+        extra: &[String],
+    ) -> Result<HandoffProxy> {
         let bin = Self::binary()?;
         let dir = TempDir::new("handoff")?;
         let control = dir.path().join("control.sock");
@@ -367,6 +401,7 @@ impl HandoffProxy {
         if let Some(backend) = backend {
             args.extend(["--backend".into(), backend.to_string()]);
         }
+        args.extend(extra.iter().cloned());
         let mut cmd = Self::command(&bin, &args, log);
         let mut proc = Proc::spawn("handoff-proxy", &mut cmd)?;
         let line = proc
@@ -381,12 +416,14 @@ impl HandoffProxy {
             .and_then(|a| a.parse().ok())
             .with_context(|| format!("no http=ADDR in ready line {line:?}"))?;
         let control = field("control=").map(PathBuf::from).unwrap_or(control);
+        let https = field("https=").and_then(|a| a.parse().ok());
         Ok(HandoffProxy {
             proc,
             bin,
             args,
             dir,
             addr,
+            https,
             control,
         })
     }

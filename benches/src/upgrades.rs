@@ -16,7 +16,8 @@
 //! names the step.
 
 use crate::procs::{children_of, find_tool, is_alive, log_tail, signal, Proc, TempDir};
-use crate::servers::{haproxy_config, nginx_args, single_server, HandoffProxy, NginxFiles};
+use crate::servers::{haproxy_config, nginx_args, HandoffProxy, NginxFiles, NGINX_PROXY};
+use crate::tls::TlsFiles;
 use anyhow::{anyhow, bail, Context, Result};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -42,9 +43,11 @@ pub struct Upgraded {
     pub in_flight: Option<u64>,
 }
 
-/// A proxy that can be upgraded in place while it serves.
+/// A proxy that can be upgraded in place while it serves: HTTP/1.1 and
+/// WebSocket on `http`, HTTP/2 over TLS on `https`.
 pub trait Upgradable: Send {
-    fn addr(&self) -> SocketAddr;
+    fn http(&self) -> SocketAddr;
+    fn https(&self) -> SocketAddr;
     /// One upgrade, from the first command until the old process is gone.
     /// `drain_for` bounds the wait for the old process to finish.
     fn upgrade(&mut self, drain_for: Duration) -> Result<Upgraded>;
@@ -68,8 +71,12 @@ fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 }
 
 impl Upgradable for HandoffProxy {
-    fn addr(&self) -> SocketAddr {
+    fn http(&self) -> SocketAddr {
         self.addr
+    }
+
+    fn https(&self) -> SocketAddr {
+        self.https.expect("started with start_tls")
     }
 
     fn upgrade(&mut self, drain_for: Duration) -> Result<Upgraded> {
@@ -107,17 +114,37 @@ impl Upgradable for HandoffProxy {
 pub struct DaemonNginx {
     files: NginxFiles,
     pub addr: SocketAddr,
+    pub https: SocketAddr,
 }
 
+/// The WebSocket location nginx needs spelled out (the catch-all one clears
+/// `Connection` for upstream keep-alive, which would refuse the upgrade).
+const NGINX_WS: &str = r#"            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection "upgrade";
+            proxy_set_header Host $host;
+            proxy_read_timeout 120s;
+"#;
+
 impl DaemonNginx {
-    pub fn start(backend_port: u16) -> Result<DaemonNginx> {
-        let files = NginxFiles::write(backend_port, single_server, true)?;
+    pub fn start(backend_port: u16, tls: &TlsFiles) -> Result<DaemonNginx> {
+        let tls_port = crate::procs::free_port()?;
+        let (cert, key) = (tls.cert.display(), tls.key.display());
+        let servers = |port: u16| {
+            format!(
+                "    server {{\n        listen 127.0.0.1:{port} backlog=4096;\n        location / {{\n{NGINX_PROXY}        }}\n        location /ws {{\n{NGINX_WS}        }}\n    }}\n\
+                 \x20   server {{\n        listen 127.0.0.1:{tls_port} ssl http2 backlog=4096;\n        ssl_certificate {cert};\n        ssl_certificate_key {key};\n        location / {{\n{NGINX_PROXY}        }}\n    }}\n"
+            )
+        };
+        let files = NginxFiles::write(backend_port, servers, true)?;
         let out = Command::new(&files.bin)
             .args(nginx_args(&files.dir))
             .stdin(Stdio::null())
             .output()?;
         let addr = SocketAddr::from(([127, 0, 0, 1], files.port));
-        let nginx = DaemonNginx { files, addr };
+        let https = SocketAddr::from(([127, 0, 0, 1], tls_port));
+        let nginx = DaemonNginx { files, addr, https };
         if !out.status.success() {
             bail!(
                 "nginx did not start: {}; error.log:\n{}",
@@ -127,6 +154,7 @@ impl DaemonNginx {
         }
         wait_until("nginx listening", READY_TIMEOUT, || {
             std::net::TcpStream::connect(addr).is_ok()
+                && std::net::TcpStream::connect(https).is_ok()
         })
         .map_err(|e| anyhow!("{e}; error.log:\n{}", nginx.error_log()))?;
         Ok(nginx)
@@ -150,8 +178,12 @@ fn read_pid(path: &Path) -> Option<u32> {
 }
 
 impl Upgradable for DaemonNginx {
-    fn addr(&self) -> SocketAddr {
+    fn http(&self) -> SocketAddr {
         self.addr
+    }
+
+    fn https(&self) -> SocketAddr {
+        self.https
     }
 
     fn upgrade(&mut self, drain_for: Duration) -> Result<Upgraded> {
@@ -221,10 +253,11 @@ pub struct ReloadableHaproxy {
     /// Processes started so far, for the log files' names.
     started: u32,
     pub addr: SocketAddr,
+    pub https: SocketAddr,
 }
 
 impl ReloadableHaproxy {
-    pub fn start(backend: SocketAddr) -> Result<ReloadableHaproxy> {
+    pub fn start(backend: SocketAddr, tls: &TlsFiles) -> Result<ReloadableHaproxy> {
         let bin = find_tool("haproxy")
             .ok_or_else(|| anyhow!("haproxy not found (apt-get install -y haproxy)"))?;
         let dir = TempDir::new("haproxy-reload")?;
@@ -234,9 +267,15 @@ impl ReloadableHaproxy {
             "    stats socket {} mode 600 expose-fd listeners level admin\n",
             stats.display()
         );
+        let tls_port = crate::procs::free_port()?;
+        let bind = format!(
+            "    bind 127.0.0.1:{tls_port} ssl crt {} alpn h2,http/1.1\n",
+            tls.combined.display()
+        );
         let cfg = dir.path().join("haproxy.cfg");
-        std::fs::write(&cfg, haproxy_config(port, backend, &global))?;
+        std::fs::write(&cfg, haproxy_config(port, backend, &global, &bind))?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let https = SocketAddr::from(([127, 0, 0, 1], tls_port));
         let proc = Self::spawn(&bin, &dir, &cfg, 1, &[])?;
         let mut h = ReloadableHaproxy {
             bin,
@@ -245,6 +284,7 @@ impl ReloadableHaproxy {
             proc,
             started: 1,
             addr,
+            https,
         };
         let log = h.log(1);
         let proc = &mut h.proc;
@@ -272,8 +312,12 @@ impl ReloadableHaproxy {
 }
 
 impl Upgradable for ReloadableHaproxy {
-    fn addr(&self) -> SocketAddr {
+    fn http(&self) -> SocketAddr {
         self.addr
+    }
+
+    fn https(&self) -> SocketAddr {
+        self.https
     }
 
     fn upgrade(&mut self, drain_for: Duration) -> Result<Upgraded> {

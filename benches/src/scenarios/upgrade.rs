@@ -3,14 +3,15 @@
 //! upgrade (USR2, WINCH, QUIT) and HAProxy's `-x` reload, one after the
 //! other in the same run (see `upgrades.rs` for each procedure).
 //!
-//! The load is that of issue 15's test without its TLS parts: keep-alive
-//! clients in open loop, clients that open a new connection for every
-//! request (what a listener handed over too late or closed too early
-//! refuses), and long requests always in flight (what an old process that
-//! stops too early cuts).
+//! The load is that of issue 15's test: keep-alive clients in open loop,
+//! clients that open a new connection for every request (what a listener
+//! handed over too late or closed too early refuses), long requests always
+//! in flight (what an old process that stops too early cuts), HTTP/2
+//! streams over TLS and WebSocket echo sessions (`h2_ws.rs`).
 
 use super::cutover::{analyse, humantime_arg, CutoverArgs, CutoverReport, Event, Timeline};
 use super::{blocking, unavailable, Common};
+use crate::h2_ws::{self, Tally};
 use crate::loadgen::{self, Mode, Outcome, Stream};
 use crate::procs::{find_tool, Backend};
 use crate::report::{self, ms, table, Machine};
@@ -48,6 +49,15 @@ pub struct UpgradeArgs {
     /// Duration of a long request (default 3s, smoke 500ms).
     #[arg(long, value_parser = humantime_arg)]
     pub long: Option<Duration>,
+    /// HTTP/2-over-TLS clients, one stream at a time each.
+    #[arg(long, default_value_t = 4)]
+    pub h2_clients: usize,
+    /// WebSocket clients, each in echo sessions of `--ws-session`.
+    #[arg(long, default_value_t = 2)]
+    pub ws_clients: usize,
+    /// Length of one WebSocket session (default 2s, smoke 300ms).
+    #[arg(long, value_parser = humantime_arg)]
+    pub ws_session: Option<Duration>,
     /// Proxies to upgrade, in this order.
     #[arg(long, value_delimiter = ',', default_value = "handoff,nginx,haproxy")]
     pub targets: Vec<String>,
@@ -64,6 +74,9 @@ impl Default for UpgradeArgs {
             fresh_conns: 8,
             long_conns: 4,
             long: None,
+            h2_clients: 4,
+            ws_clients: 2,
+            ws_session: None,
             targets: ["handoff", "nginx", "haproxy"].map(String::from).to_vec(),
         }
     }
@@ -78,15 +91,22 @@ pub struct TargetRun {
     pub upgrades_planned: usize,
     /// Requests per second, all told, on new connections.
     pub fresh_rate: f64,
+    pub h2_clients: usize,
+    pub ws_clients: usize,
     /// The run on the cut-over time line: each event is one upgrade
     /// (`took_ms` until the new process served, `drain_ms` from then until
     /// the old one had exited).
     pub run: CutoverReport,
     pub keep_alive: Summary,
     pub fresh: Summary,
+    pub h2: Tally,
+    pub ws: Tally,
     /// Connections that could not be made, or that were closed before
-    /// their first request could be written.
+    /// their first request could be written (all clients).
     pub refused: u64,
+    /// Requests and messages not answered, refused ones included (all
+    /// clients).
+    pub failed: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -166,26 +186,52 @@ async fn run_target(
     let drain_for = Duration::from_millis(tl.long_ms) + Duration::from_secs(15);
     let drain_timeout = format!("{}ms", tl.long_ms + 10_000);
     let name = target.to_string();
-    let (proxy, method) = blocking(move || {
-        Ok(match name.as_str() {
+    let tls = blocking(crate::tls::TlsFiles::new).await?;
+    let connector = tls.h2_client()?;
+    let (proxy, method, tls) = blocking(move || {
+        let (proxy, method): (Box<dyn Upgradable>, _) = match name.as_str() {
             "handoff" => (
-                Box::new(HandoffProxy::start(backend, &drain_timeout)?) as Box<dyn Upgradable>,
+                Box::new(HandoffProxy::start_tls(
+                    backend,
+                    &drain_timeout,
+                    &tls.cert,
+                    &tls.key,
+                )?),
                 "same flags + --upgrade (sockets over SCM_RIGHTS)",
             ),
             "nginx" => (
-                Box::new(DaemonNginx::start(backend.port())?) as Box<dyn Upgradable>,
+                Box::new(DaemonNginx::start(backend.port(), &tls)?),
                 "binary upgrade: USR2, WINCH, QUIT",
             ),
             _ => (
-                Box::new(ReloadableHaproxy::start(backend)?) as Box<dyn Upgradable>,
+                Box::new(ReloadableHaproxy::start(backend, &tls)?),
                 "new process with -x <stats socket> -sf <old pid>",
             ),
-        })
+        };
+        Ok((proxy, method, tls))
     })
     .await?;
 
     let epoch = Instant::now();
-    let mut spec = tl.load(proxy.addr(), &cut, common);
+    let deadline = epoch + Duration::from_millis(tl.end_ms);
+    let ws_session = args.ws_session.unwrap_or(if common.smoke {
+        Duration::from_millis(300)
+    } else {
+        Duration::from_secs(2)
+    });
+    let h2 = tokio::spawn(h2_ws::h2(
+        proxy.https(),
+        connector,
+        args.h2_clients,
+        deadline,
+    ));
+    let ws = tokio::spawn(h2_ws::websocket(
+        proxy.http(),
+        args.ws_clients,
+        ws_session,
+        deadline,
+    ));
+    let mut spec = tl.load(proxy.http(), &cut, common);
     spec.streams.push(Stream {
         path: "/".into(),
         conns: args.fresh_conns,
@@ -199,8 +245,10 @@ async fn run_target(
     let load = tokio::spawn(loadgen::run(spec, epoch));
     let (proxy, events) = upgrade_on_ticks(proxy, &tl, epoch, drain_for).await?;
     let result = load.await?;
+    let (h2, ws) = (h2.await?, ws.await?);
     blocking(move || {
         drop(proxy);
+        drop(tls);
         Ok(())
     })
     .await?;
@@ -212,7 +260,14 @@ async fn run_target(
     let refused = samples
         .iter()
         .filter(|s| s.outcome == Outcome::Connect)
-        .count() as u64;
+        .count() as u64
+        + h2.refused
+        + ws.refused;
+    let failed = samples.iter().filter(|s| !s.outcome.is_ok()).count() as u64
+        + h2.failed
+        + h2.refused
+        + ws.failed
+        + ws.refused;
     let run = analyse(
         &format!("upgrade-{target}"),
         machine.clone(),
@@ -227,10 +282,15 @@ async fn run_target(
         method: method.to_string(),
         upgrades_planned: planned,
         fresh_rate: args.fresh_rate,
+        h2_clients: args.h2_clients,
+        ws_clients: args.ws_clients,
         run,
         keep_alive,
         fresh,
+        h2,
+        ws,
         refused,
+        failed,
     })
 }
 
@@ -291,7 +351,7 @@ pub fn panels(r: &UpgradeReport) -> Vec<crate::chart::Panel<'_>> {
         .map(|t| crate::chart::Panel {
             caption: format!(
                 "{}: {} failed, {} refused, {} long cut",
-                t.target, t.run.failed_total, t.refused, t.run.cut_long
+                t.target, t.failed, t.refused, t.run.cut_long
             ),
             run: &t.run,
         })
@@ -312,7 +372,7 @@ pub fn markdown(r: &UpgradeReport) -> String {
     };
     let tl = &first.run.timeline;
     let mut out = format!(
-        "### upgrade ({} upgrades of each proxy, one every {} ms or when the last one ended; load: {} req/s open loop on {} keep-alive conns + {} req/s each on a new connection + {} long {} ms requests always in flight)\n\n{}\n\n",
+        "### upgrade ({} upgrades of each proxy, one every {} ms or when the last one ended; load: {} req/s open loop on {} keep-alive conns + {} req/s each on a new connection + {} long {} ms requests always in flight + {} HTTP/2-over-TLS clients + {} WebSocket echo clients)\n\n{}\n\n",
         first.upgrades_planned,
         tl.interval_ms,
         first.run.rate,
@@ -320,6 +380,8 @@ pub fn markdown(r: &UpgradeReport) -> String {
         first.fresh_rate,
         first.run.long_conns,
         tl.long_ms,
+        first.h2_clients,
+        first.ws_clients,
         r.machine.markdown()
     );
     let rows: Vec<Vec<String>> = r
@@ -331,8 +393,13 @@ pub fn markdown(r: &UpgradeReport) -> String {
             vec![
                 format!("{} ({})", t.target, t.method),
                 format!("{} of {}", e.len() - errors, t.upgrades_planned),
-                (t.keep_alive.requests + t.fresh.requests + t.run.long.requests).to_string(),
-                format!("**{}**", t.run.failed_total),
+                (t.keep_alive.requests
+                    + t.fresh.requests
+                    + t.run.long.requests
+                    + Summary::from(&t.h2).requests
+                    + Summary::from(&t.ws).requests)
+                    .to_string(),
+                format!("**{}**", t.failed),
                 format!("**{}**", t.refused),
                 report::errors(&t.keep_alive.errors),
                 report::errors(&t.fresh.errors),
@@ -340,6 +407,17 @@ pub fn markdown(r: &UpgradeReport) -> String {
                     "{} ({} cut)",
                     report::errors(&t.run.long.errors),
                     t.run.cut_long
+                ),
+                format!(
+                    "{} of {}",
+                    t.h2.errors_text(),
+                    t.h2.ok + t.h2.failed + t.h2.refused
+                ),
+                format!(
+                    "{} of {} ({} closed by the proxy with a close frame)",
+                    t.ws.errors_text(),
+                    t.ws.ok + t.ws.failed + t.ws.refused,
+                    t.ws.closed_cleanly
                 ),
                 median(e.iter().map(|e| e.took_ms).collect()),
                 median(
@@ -361,6 +439,8 @@ pub fn markdown(r: &UpgradeReport) -> String {
             "keep-alive failed",
             "new-connection failed",
             "long failed",
+            "HTTP/2 (TLS) failed",
+            "WebSocket messages failed",
             "new process serving, median ms",
             "old process gone, median ms",
             "p99 ms while upgrading",
@@ -372,6 +452,14 @@ pub fn markdown(r: &UpgradeReport) -> String {
         .targets
         .iter()
         .map(|t| format!("{}: {} resent", t.target, t.run.resent))
+        .collect::<Vec<_>>()
+        .join(", ");
+    out +=
+        "). HTTP/2 streams that a GOAWAY said were never processed are sent again the same way (";
+    out += &r
+        .targets
+        .iter()
+        .map(|t| format!("{}: {}", t.target, t.h2.resent))
         .collect::<Vec<_>>()
         .join(", ");
     out += ").\n";
