@@ -10,10 +10,12 @@ use std::path::Path;
 
 pub const FILE: &str = "switch-vs-seed.svg";
 
-/// One column: its caption and its run.
+/// One column: its caption and its run, whose events are drawn as
+/// vertical lines named `event` in the legend.
 pub struct Panel<'a> {
     pub caption: String,
     pub run: &'a CutoverReport,
+    pub event: &'static str,
 }
 
 /// The `switch` and `seed` columns.
@@ -32,6 +34,7 @@ pub fn switch_vs_seed<'a>(reports: &[&'a CutoverReport]) -> Vec<Panel<'a>> {
                     r.failed_total, r.cut_long
                 ),
                 run: r,
+                event: "cut-over",
             }
         })
         .collect()
@@ -98,7 +101,7 @@ pub fn draw(path: &Path, heading: &str, panels: &[Panel<'_>]) -> Result<()> {
             .disable_x_mesh()
             .draw()
             .map_err(err)?;
-        draw_switches(&mut top, &switch_x, y_top)?;
+        draw_switches(&mut top, &switch_x, y_top, panel.event)?;
         top.draw_series(LineSeries::new(
             series.iter().map(|b| (b.t_ms as f64 / 1000.0, b.rps)),
             &BLUE,
@@ -137,7 +140,7 @@ pub fn draw(path: &Path, heading: &str, panels: &[Panel<'_>]) -> Result<()> {
             .disable_x_mesh()
             .draw()
             .map_err(err)?;
-        draw_switches(&mut bottom, &switch_x, p99_max)?;
+        draw_switches(&mut bottom, &switch_x, p99_max, panel.event)?;
         bottom
             .draw_series(LineSeries::new(
                 r.series
@@ -167,7 +170,12 @@ type Chart<'a, 'b> = ChartContext<
     Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
 >;
 
-fn draw_switches(chart: &mut Chart<'_, '_>, xs: &[f64], y_max: f64) -> Result<()> {
+fn draw_switches(
+    chart: &mut Chart<'_, '_>,
+    xs: &[f64],
+    y_max: f64,
+    label: &'static str,
+) -> Result<()> {
     let style = RGBColor(255, 140, 0).mix(0.7);
     chart
         .draw_series(
@@ -175,7 +183,7 @@ fn draw_switches(chart: &mut Chart<'_, '_>, xs: &[f64], y_max: f64) -> Result<()
                 .map(|&x| PathElement::new(vec![(x, 0.0), (x, y_max)], style)),
         )
         .map_err(err)?
-        .label("cut-over")
+        .label(label)
         .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
     Ok(())
 }

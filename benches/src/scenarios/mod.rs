@@ -9,6 +9,7 @@ pub mod steady;
 mod steady_report;
 pub mod switch;
 pub mod upgrade;
+mod upgrade_report;
 
 use anyhow::{anyhow, Result};
 use std::path::PathBuf;
