@@ -166,21 +166,20 @@ impl Forwarder {
         };
         let Head {
             status,
-            mut headers,
+            headers,
             framing,
             reusable,
         } = head;
         let mut resp = Response::new(());
         *resp.status_mut() = status;
+        // The head carries no hop-by-hop field: the parser left them out
+        // (and kept `Upgrade` with `Connection: upgrade` for a tunnel).
+        *resp.headers_mut() = headers;
         if let (StatusCode::SWITCHING_PROTOCOLS, Some(client_upgrade)) = (status, client_upgrade) {
             // The connection now belongs to the tunnel.
-            headers::strip_hop_by_hop(&mut headers, true);
-            *resp.headers_mut() = headers;
             tokio::spawn(tunnel(client_upgrade, conn, in_flight));
             return resp.map(|()| ProxyBody::empty());
         }
-        headers::strip_hop_by_hop(&mut headers, false);
-        *resp.headers_mut() = headers;
         // An HTTP/1 client sends its next request only after this response,
         // so the connection waits in its pin; HTTP/2 streams share the pool.
         let home = pinned.cloned();

@@ -166,13 +166,16 @@ impl<T> RouteTable<T> {
     /// The app for a request to `host` (as the client wrote it: any case,
     /// maybe a port or a trailing dot) and `path_and_query`.
     pub fn find(&self, host: Option<&str>, path_and_query: &str) -> Option<Matched<'_, T>> {
-        let (path, query) = match path_and_query.find('?') {
-            Some(at) => path_and_query.split_at(at),
-            None => (path_and_query, ""),
-        };
-        let host = host.map(host_of);
+        // A table of one default app (every proxy before its first `--host`)
+        // has nothing to match: the Host is not even parsed.
+        let has_hosts = !(self.exact.is_empty() && self.wildcard.is_empty());
+        let host = host.filter(|_| has_hosts).map(host_of);
         if let Some(host) = host.as_deref() {
             if let Some(routes) = self.host_routes(host) {
+                let (path, query) = match path_and_query.find('?') {
+                    Some(at) => path_and_query.split_at(at),
+                    None => (path_and_query, ""),
+                };
                 let path = normalise(path);
                 if let Some(r) = routes.prefixes.iter().find(|r| under(&path, &r.prefix)) {
                     let rewritten = r.strip.then(|| {

@@ -55,6 +55,8 @@ impl ExchangeError {
 /// A response head as the backend sent it, with how its body is framed.
 pub struct Head {
     pub status: StatusCode,
+    /// End-to-end fields only: [`parse`] leaves every hop-by-hop field out
+    /// (those `Connection` names too), so the response is forwarded as is.
     pub headers: HeaderMap,
     pub framing: Framing,
     /// Whether the connection can carry another request once the body is read.
