@@ -242,6 +242,12 @@ pub async fn run(
         done = &mut give_task => done.ok().flatten(),
     };
     if let Some(h) = &handed_off {
+        // Before this process can exit: systemd must already follow the
+        // taker, or it takes this exit for the end of the service and stops
+        // the unit, taker included. The taker's own MAINPID= may come later
+        // than this exit (a process with nothing to drain exits at once),
+        // while this datagram is queued before it.
+        upgrade::systemd::notify(&format!("MAINPID={}", h.taker_pid));
         tracing::info!(
             generation,
             taker_pid = h.taker_pid,
