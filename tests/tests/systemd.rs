@@ -1,7 +1,8 @@
 //! End-to-end: what handoff-proxy tells systemd (`sd_notify`) and the
 //! listeners systemd can hand it (socket activation), with systemd's own
 //! `systemd-socket-activate` and a notify socket of the test's. Not a live
-//! systemd: the unit itself is checked with `systemd-analyze verify`.
+//! systemd: the units under one are checked by deploy/systemd/check-live.sh
+//! (manual, Docker).
 
 use handoff_tests::backend::Backend;
 use handoff_tests::proxy::Proxy;
