@@ -62,8 +62,8 @@ pub struct Cli {
     pub upgrade: bool,
 
     /// With --upgrade: start the new process in the background, wait until
-    /// the old one has drained, print the outcome and exit (0, or the new
-    /// process's exit code if it could not start); for `systemctl reload`.
+    /// the old one has drained, print the outcome and exit (0, or 1 if the
+    /// new process could not start); for `systemctl reload`.
     #[arg(long, requires = "upgrade", help_heading = "Upgrade")]
     pub background: bool,
 

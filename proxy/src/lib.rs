@@ -118,7 +118,7 @@ pub struct Ready<'a> {
 /// sockets over, then stops accepting, lets in-flight requests finish (up
 /// to the drain timeout) and returns. `on_ready` is called once every
 /// listener serves; after a hand-off, `on_report` gets the old process's
-/// drain outcome, from another thread.
+/// drain outcome, from another thread, after `on_ready` returned.
 pub async fn run(
     config: Config,
     mut start: Start,
@@ -189,9 +189,12 @@ pub async fn run(
 
     // Everything is ready but nothing is accepted yet: after a hand-off,
     // the old process stops only once it has answered this.
-    let took_over = match taker {
-        Some(t) => Some(confirm_take_over(t, on_report).await?),
-        None => None,
+    let (took_over, old_report) = match taker {
+        Some(t) => {
+            let (pid, connections, t) = confirm_take_over(t).await?;
+            (Some((pid, connections)), Some((pid, t)))
+        }
+        None => (None, None),
     };
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -229,6 +232,11 @@ pub async fn run(
         generation,
         took_over,
     });
+    // Only now: the old process's report may come at once (nothing to
+    // drain), and its line must not come before the ready one.
+    if let Some((pid, taker)) = old_report {
+        std::thread::spawn(move || on_report(pid, taker.report()));
+    }
     tracing::info!(http = ?listeners.http, control = %config.control.display(), workers = config.workers, generation, pid = std::process::id(), "handoff-proxy ready");
     upgrade::systemd::notify(&format!("MAINPID={}\nREADY=1", std::process::id()));
 
@@ -242,6 +250,12 @@ pub async fn run(
         done = &mut give_task => done.ok().flatten(),
     };
     if let Some(h) = &handed_off {
+        // Before this process can exit: systemd must already follow the
+        // taker, or it takes this exit for the end of the service and stops
+        // the unit, taker included. The taker's own MAINPID= may come later
+        // than this exit (a process with nothing to drain exits at once),
+        // while this datagram is queued before it.
+        upgrade::systemd::notify(&format!("MAINPID={}", h.taker_pid));
         tracing::info!(
             generation,
             taker_pid = h.taker_pid,
@@ -285,12 +299,11 @@ async fn take_over(config: &Config) -> Result<upgrade::take::Taker, ProxyError> 
         .map_err(ProxyError::from)
 }
 
-/// Tells the old process this one is ready and waits for its answer; then
-/// waits, on a thread of its own, for its drain report.
+/// Tells the old process this one is ready and waits for its answer. Its
+/// drain report comes later on the same taker, read on a thread of its own.
 async fn confirm_take_over(
     mut taker: upgrade::take::Taker,
-    on_report: impl FnOnce(u32, Result<upgrade::Report, upgrade::UpgradeError>) + Send + 'static,
-) -> Result<(u32, u64), ProxyError> {
+) -> Result<(u32, u64, upgrade::take::Taker), ProxyError> {
     let pid = taker.offer.pid;
     let (taker, accepted) = tokio::task::spawn_blocking(move || {
         let accepted = taker.ready();
@@ -304,8 +317,7 @@ async fn confirm_take_over(
         old_connections = accepted.connections,
         "took over the listening sockets; the old process drains"
     );
-    std::thread::spawn(move || on_report(pid, taker.report()));
-    Ok((pid, accepted.connections))
+    Ok((pid, accepted.connections, taker))
 }
 
 /// Retires the client connections, waits for requests and tunnels up to

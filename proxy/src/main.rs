@@ -18,6 +18,11 @@ use handoff_proxy::upstream::UpstreamSettings;
 use std::io::Write;
 
 fn main() -> Result<()> {
+    // `--upgrade --background` starts the new process through an
+    // intermediate one (see the launch module): that step ends here, and
+    // the new process waits until the intermediate is gone.
+    handoff_proxy::upgrade::launch::spawn_step();
+    handoff_proxy::upgrade::launch::wait_adopted();
     let cli = parse_cli()?;
     if cli.background {
         let outcome = handoff_proxy::upgrade::launch::run(std::env::args_os().collect())

@@ -5,7 +5,9 @@
 //! `UnixDatagram` rather than a crate. A process that took over by hand-off
 //! sends `MAINPID=` with its own pid along with `READY=1`, so systemd
 //! follows it (the unit needs `NotifyAccess=all`, since the new process is
-//! not yet the main one when it speaks).
+//! not yet the main one when it speaks). The process that handed over also
+//! sends `MAINPID=` with the taker's pid, before it drains: its own exit
+//! may otherwise reach systemd first and read as the service's end.
 //!
 //! Socket activation uses the `listenfd` crate: turning the inherited
 //! descriptor numbers 3.. into sockets needs `unsafe` (`FromRawFd`), which
