@@ -8,22 +8,18 @@
 //! the proxy is lost, what happens next is decided by what `/v1/status` says
 //! now, never by what the lost call was meant to do.
 
-use crate::cli::SwitchArgs;
-use crate::docker::Engine;
 use crate::error::{Failure, Result};
 use crate::faults;
 use crate::health::{self, HealthSettings};
-use crate::output::{secs, Output};
-use crate::proxy::Proxy;
+use crate::output::secs;
+use crate::plan::{Cutover, OnUnhealthy, Plan};
+use crate::proxy::PROXY_RESTART_WAIT;
 use crate::releases::{ContainerInfo, Releases, FAILED_SUFFIX};
 use crate::report::Report;
 use crate::watch::{DrainResult, WatchEnd};
 use serde_json::json;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::signal::unix::{signal, Signal, SignalKind};
-
-/// How long a lost answer waits for a restarting proxy to answer again.
-pub const PROXY_RESTART_WAIT: Duration = Duration::from_secs(30);
 
 /// Waits for a signal; never completes when the handler could not be set up.
 async fn recv(sig: &mut std::io::Result<Signal>) {
@@ -33,40 +29,6 @@ async fn recv(sig: &mut std::io::Result<Signal>) {
         }
         Err(_) => std::future::pending().await,
     }
-}
-
-/// What to do with a release that never became stable or failed its watch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnUnhealthy {
-    /// A new release: remove it.
-    Remove,
-    /// A new release with `--keep-failed`: stop it and rename it `-failed`.
-    KeepFailed,
-    /// A rollback target: stop it, it stays a kept release.
-    Stop,
-}
-
-/// One cutover: which release goes live and what it replaces.
-pub struct Plan<'a> {
-    pub app: &'a str,
-    /// Container name of the release going live (started already).
-    pub new: &'a str,
-    pub health_path: &'a str,
-    pub restarts_before: i64,
-    /// The release the proxy routes to now, whatever its state.
-    pub old: Option<&'a ContainerInfo>,
-    /// Other running releases of the app, stopped once the new one is live.
-    pub strays: Vec<ContainerInfo>,
-    pub on_unhealthy: OnUnhealthy,
-    /// Stopped releases to keep; older ones are removed at the end.
-    pub keep: Option<usize>,
-}
-
-pub struct Cutover<'a> {
-    pub engine: &'a Engine,
-    pub proxy: &'a Proxy,
-    pub out: &'a Output,
-    pub switch: &'a SwitchArgs,
 }
 
 impl Cutover<'_> {

@@ -3,11 +3,11 @@
 //! is live and watched.
 
 use crate::cli::{validate_app_name, DeployArgs, Global};
-use crate::cutover::{Cutover, OnUnhealthy, Plan};
 use crate::docker::{ContainerSpec, Engine};
 use crate::env;
 use crate::error::{Failure, Result};
 use crate::output::{secs, Output};
+use crate::plan::{Cutover, OnUnhealthy, Plan};
 use crate::proxy::{Proxy, Target};
 use crate::releases::{self as rel, ContainerInfo, Releases};
 use crate::report::Report;

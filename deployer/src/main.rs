@@ -18,6 +18,7 @@ mod listing;
 mod lock;
 mod migrate;
 mod output;
+mod plan;
 mod proxy;
 mod registry_auth;
 mod releases;

@@ -31,6 +31,10 @@ use handoff_shared::{
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+/// How long a lost answer waits for a restarting proxy to answer again
+/// (see [`Proxy::status_within`]).
+pub const PROXY_RESTART_WAIT: Duration = Duration::from_secs(30);
+
 /// Which of the proxy's apps the calls act on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {

@@ -22,12 +22,11 @@
 //! the delete is never stopped or removed; it is reported as kept.
 
 use crate::cli::{validate_app_name, Global, RemoveArgs};
-use crate::cutover::PROXY_RESTART_WAIT;
 use crate::docker::Engine;
 use crate::error::{Failure, Result};
 use crate::lock;
 use crate::output::{secs, Output};
-use crate::proxy::{backends_of, Proxy};
+use crate::proxy::{backends_of, Proxy, PROXY_RESTART_WAIT};
 use crate::releases::ContainerInfo;
 use crate::report::Report;
 use handoff_shared::{AppStatus, ControlError, RemoveAppResponse};

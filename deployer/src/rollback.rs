@@ -7,12 +7,12 @@
 //! release it replaces is then stopped (if it still runs) and kept.
 
 use crate::cli::{validate_app_name, Global, RollbackArgs};
-use crate::cutover::{Cutover, OnUnhealthy, Plan};
 use crate::docker::Engine;
 use crate::error::{Failure, Result};
 use crate::lock;
 use crate::migrate;
 use crate::output::{secs, Output};
+use crate::plan::{Cutover, OnUnhealthy, Plan};
 use crate::proxy::Proxy;
 use crate::releases::{ContainerInfo, Releases};
 use crate::report::Report;

@@ -10,11 +10,12 @@
 //! the switch happened; the watch goes on only if it did. A refusal (4xx,
 //! e.g. a route conflict) is an answer: not switched, not asked again.
 
-use crate::cutover::{Cutover, Plan, PROXY_RESTART_WAIT};
 use crate::error::{Failure, Result};
 use crate::faults;
 use crate::health::{self, LOG_EVERY};
 use crate::output::secs;
+use crate::plan::{Cutover, Plan};
+use crate::proxy::PROXY_RESTART_WAIT;
 use handoff_shared::SwitchResponse;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};

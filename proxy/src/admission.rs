@@ -6,7 +6,8 @@
 //! owns what is decided about one request on them.
 
 use crate::body::ProxyBody;
-use crate::forward::{local, ClientConn, Forwarder};
+use crate::client::{local, ClientConn};
+use crate::forward::Forwarder;
 use crate::limits::{self, Limits, Rejection};
 use crate::request_body::{BodyError, RequestBody};
 use crate::wire::ConnFlags;

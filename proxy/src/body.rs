@@ -1,11 +1,14 @@
 //! The response body the proxy hands to hyper.
 
+use crate::deadline::Silence;
 use crate::drain::InFlight;
 use crate::observe::Exchange;
+use crate::trailers;
 use crate::upstream::decode::{Decoder, Step};
-use crate::upstream::{Conn, Pinned};
+use crate::upstream::{self, Conn, Pinned, UpstreamSettings};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
 use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
@@ -21,8 +24,8 @@ use std::task::{Context, Poll};
 /// (callgrind: 20.8k -> 19.7k instructions per proxied request).
 pub enum ProxyBody {
     Upstream(Box<UpstreamBody>),
-    /// An h2c backend's body (see [`crate::upstream::h2c`]).
-    H2c(Box<crate::upstream::h2c::ResponseBody>),
+    /// An h2c backend's body.
+    H2c(Box<H2cBody>),
     Local(Option<Bytes>),
 }
 
@@ -169,6 +172,58 @@ impl UpstreamBody {
                 }
             }
         }
+    }
+}
+
+/// An h2c backend's response body on its way to the client (the exchange
+/// itself is [`crate::upstream::h2c`]'s). It keeps the request counted on
+/// its generation until hyper drops it (drain), is cut when the backend
+/// stays silent past the upstream timeout, and finishes the request's
+/// record when dropped, like the HTTP/1 body.
+pub struct H2cBody {
+    inner: Incoming,
+    silence: Silence,
+    _in_flight: InFlight,
+    exchange: Option<Exchange>,
+}
+
+impl H2cBody {
+    pub fn new(inner: Incoming, settings: &UpstreamSettings, in_flight: InFlight) -> Self {
+        Self {
+            inner,
+            silence: Silence::new(settings.response_timeout),
+            _in_flight: in_flight,
+            exchange: None,
+        }
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Frame<Bytes>>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                self.silence.moved();
+                if let (Some(data), Some(exchange)) = (frame.data_ref(), &mut self.exchange) {
+                    exchange.bytes += data.len() as u64;
+                }
+                Poll::Ready(Some(Ok(trailers::sanitize_frame(frame))))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(io::Error::other(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => match self.silence.poll_expired(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    upstream::SILENT,
+                )))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 

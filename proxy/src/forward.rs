@@ -5,6 +5,7 @@
 use crate::apps::{Apps, Route};
 use crate::body::ProxyBody;
 use crate::buffering::{self, Buffering};
+use crate::client::{local, ClientConn};
 use crate::drain::{Generation, InFlight};
 use crate::headers;
 use crate::metrics::{Metrics, UpstreamError};
@@ -17,26 +18,7 @@ use crate::upstream::{self, Conn, ConnectError, Pinned};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::Body;
 use hyper_util::rt::TokioIo;
-use std::net::SocketAddr;
 use std::sync::Arc;
-
-/// What the request path keeps about one client connection.
-pub struct ClientConn {
-    /// The peer as an `X-Forwarded-For` entry, formatted once.
-    pub forwarded_for: HeaderValue,
-    /// The upstream connection its last HTTP/1 request used; shared with
-    /// the response body, which puts the connection back when it ends.
-    pub pinned: Arc<Pinned>,
-}
-
-impl ClientConn {
-    pub fn new(peer: SocketAddr) -> Self {
-        Self {
-            forwarded_for: headers::forwarded_for(peer.ip()),
-            pinned: Arc::default(),
-        }
-    }
-}
 
 /// What every request handler shares.
 pub struct Forwarder {
@@ -317,16 +299,6 @@ fn body_refused(version: Version, e: &(dyn std::error::Error + 'static)) -> Resp
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    resp
-}
-
-pub fn local(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
-    let mut resp = Response::new(ProxyBody::local(body));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
     resp
 }
 

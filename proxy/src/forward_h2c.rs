@@ -7,13 +7,13 @@
 //! Kept apart from `forward` so the HTTP/1.1 path, which most requests
 //! take, pays nothing for it but one branch.
 
-use crate::body::ProxyBody;
+use crate::body::{H2cBody, ProxyBody};
+use crate::client::{local, ClientConn};
 use crate::drain::InFlight;
-use crate::forward::{local, ClientConn};
 use crate::headers;
 use crate::metrics::{Metrics, UpstreamError};
 use crate::request_body::RequestBody;
-use crate::upstream::h2c::{H2cError, ResponseBody, UpstreamBody};
+use crate::upstream::h2c::{H2cError, UpstreamBody};
 use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
@@ -45,7 +45,7 @@ pub async fn forward(
             // As the HTTP/1.1 path's responses are: hyper's HTTP/1 server
             // would otherwise log a coercion from HTTP/2 for each one.
             parts.version = Version::HTTP_11;
-            let body = ResponseBody::new(body, h2c.settings(), in_flight);
+            let body = H2cBody::new(body, h2c.settings(), in_flight);
             Response::from_parts(parts, ProxyBody::H2c(Box::new(body)))
         }
         Err(e) => failure(&e, &generation.addr, metrics),

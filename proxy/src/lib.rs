@@ -16,7 +16,9 @@
 //!   ([`upstream`]: encode, exchange, decode, pool) or to an h2c backend
 //!   ([`forward_h2c`]), pass trailers ([`trailers`]), and stream the answer
 //!   back ([`body`]); [`linger`] gives an idle client's pinned upstream
-//!   connection back to the pool.
+//!   connection back to the pool. Both forwarders (and [`admission`]) take
+//!   what they keep about the client connection, and the proxy's own short
+//!   answers, from [`client`].
 //! - [`drain`] counts what each generation still serves; [`observe`] writes
 //!   the access log and feeds [`metrics`] ([`histogram`]), which [`admin`]
 //!   serves.
@@ -38,6 +40,7 @@ pub mod admission;
 pub mod apps;
 pub mod body;
 pub mod buffering;
+pub mod client;
 pub mod config;
 pub mod control;
 pub mod control_apps;

@@ -9,7 +9,8 @@
 
 use crate::admission::{Front, Redirect, Scheme};
 use crate::body::ProxyBody;
-use crate::forward::{ClientConn, Forwarder};
+use crate::client::ClientConn;
+use crate::forward::Forwarder;
 use crate::limits::Limits;
 use crate::linger::Linger;
 use crate::wire::{ConnFlags, WireIo};

@@ -10,7 +10,9 @@
 //! dropped on the way through, as are the forwarding fields the proxy
 //! itself vouches for.
 
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName};
+use http_body::Frame;
 
 /// Fields no trailer section may carry through this proxy: framing,
 /// routing, connection handling, authentication, content processing, and
@@ -56,6 +58,18 @@ pub fn sanitize(trailers: &mut HeaderMap) -> usize {
         tracing::debug!(fields = ?refused, "trailer fields dropped");
     }
     refused.len()
+}
+
+/// A body frame as it passes through: a trailer section [`sanitize`]d,
+/// data untouched.
+pub fn sanitize_frame(frame: Frame<Bytes>) -> Frame<Bytes> {
+    match frame.into_trailers() {
+        Ok(mut trailers) => {
+            sanitize(&mut trailers);
+            Frame::trailers(trailers)
+        }
+        Err(frame) => frame,
+    }
 }
 
 /// The end of a chunked body with `trailers` (already sanitized) after the

@@ -21,7 +21,7 @@ const GROW: usize = 16 * 1024;
 
 /// The message a read or write fails with when the backend stayed silent
 /// too long; [`super::is_response_timeout`] recognises it.
-pub(super) const SILENT: &str = "backend sent nothing within the upstream timeout";
+pub(crate) const SILENT: &str = "backend sent nothing within the upstream timeout";
 
 /// Boxed: a connection moves from its pool or pin into the exchange, into
 /// the response body and home again on every request, and its state (a

@@ -13,11 +13,12 @@
 //! limit). A connection the backend closed or went away on is replaced by
 //! the next request; a request it refused before any of it was sent is sent
 //! once more on the new connection.
+//!
+//! The client only, as for HTTP/1.1: the response body that keeps its
+//! request counted on its generation is the request path's (`H2cBody` in
+//! `body`), so nothing here knows about drains.
 
 use super::{ConnectError, UpstreamSettings};
-use crate::deadline::Silence;
-use crate::drain::InFlight;
-use crate::observe::Exchange;
 use crate::request_body::{BodyError, RequestBody};
 use bytes::Bytes;
 use http::uri::Authority;
@@ -26,7 +27,6 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::net::TcpStream;
@@ -177,7 +177,7 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let polled = Pin::new(&mut self.get_mut().0).poll_frame(cx);
-        polled.map(|frame| frame.map(|r| r.map(sanitize)))
+        polled.map(|frame| frame.map(|r| r.map(crate::trailers::sanitize_frame)))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -186,66 +186,5 @@ impl Body for UpstreamBody {
 
     fn size_hint(&self) -> SizeHint {
         self.0.size_hint()
-    }
-}
-
-fn sanitize(frame: Frame<Bytes>) -> Frame<Bytes> {
-    match frame.into_trailers() {
-        Ok(mut trailers) => {
-            crate::trailers::sanitize(&mut trailers);
-            Frame::trailers(trailers)
-        }
-        Err(frame) => frame,
-    }
-}
-
-/// An h2c backend's response body on its way to the client. It keeps the
-/// request counted on its generation until hyper drops it (drain), is cut
-/// when the backend stays silent past the upstream timeout, and finishes
-/// the request's record when dropped, like the HTTP/1 body.
-pub struct ResponseBody {
-    inner: Incoming,
-    silence: Silence,
-    _in_flight: InFlight,
-    pub(crate) exchange: Option<Exchange>,
-}
-
-impl ResponseBody {
-    pub fn new(inner: Incoming, settings: &UpstreamSettings, in_flight: InFlight) -> Self {
-        Self {
-            inner,
-            silence: Silence::new(settings.response_timeout),
-            _in_flight: in_flight,
-            exchange: None,
-        }
-    }
-
-    pub fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Frame<Bytes>>>> {
-        match Pin::new(&mut self.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                self.silence.moved();
-                if let (Some(data), Some(exchange)) = (frame.data_ref(), &mut self.exchange) {
-                    exchange.bytes += data.len() as u64;
-                }
-                Poll::Ready(Some(Ok(sanitize(frame))))
-            }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(io::Error::other(e)))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => match self.silence.poll_expired(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    super::conn::SILENT,
-                )))),
-                Poll::Pending => Poll::Pending,
-            },
-        }
-    }
-
-    pub fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    pub fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }

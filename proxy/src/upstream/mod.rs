@@ -23,6 +23,7 @@ pub mod h2c;
 pub mod http1;
 
 pub use conn::Conn;
+pub(crate) use conn::SILENT;
 use http::uri::Authority;
 use std::collections::VecDeque;
 use std::io;
