@@ -120,14 +120,14 @@ pub struct Ready<'a> {
 /// Runs the proxy until `shutdown` resolves or a new process takes its
 /// sockets over, then stops accepting, lets in-flight requests finish (up
 /// to the drain timeout) and returns. `on_ready` is called once every
-/// listener serves; after a hand-off, `on_report` gets the old process's
-/// drain outcome, from another thread, after `on_ready` returned.
+/// listener serves; after a hand-off, `on_old` hears how the old process's
+/// drain goes and ends, from another thread, after `on_ready` returned.
 pub async fn run(
     config: Config,
     mut start: Start,
     shutdown: impl Future<Output = ()>,
     on_ready: impl FnOnce(&Ready),
-    on_report: impl FnOnce(u32, Result<upgrade::Report, upgrade::UpgradeError>) + Send + 'static,
+    mut on_old: impl FnMut(u32, upgrade::OldProcess) + Send + 'static,
 ) -> Result<(), ProxyError> {
     let mut taker = match start.take_over {
         true => Some(take_over(&config).await?),
@@ -238,7 +238,7 @@ pub async fn run(
     // Only now: the old process's report may come at once (nothing to
     // drain), and its line must not come before the ready one.
     if let Some((pid, taker)) = old_report {
-        std::thread::spawn(move || on_report(pid, taker.report()));
+        std::thread::spawn(move || taker.follow(|event| on_old(pid, event)));
     }
     tracing::info!(http = ?listeners.http, control = %config.control.display(), workers = config.workers, generation, pid = std::process::id(), "handoff-proxy ready");
     upgrade::systemd::notify(&format!("MAINPID={}\nREADY=1", std::process::id()));
@@ -270,7 +270,22 @@ pub async fn run(
     for task in accept_tasks {
         let _ = task.await;
     }
+    let progress = handed_off
+        .as_ref()
+        .and_then(|h| h.progress())
+        .map(|sender| {
+            tokio::spawn(tell_progress(
+                sender,
+                Arc::clone(&apps),
+                Arc::clone(&retire),
+            ))
+        });
     let report = drain_and_stop(&config, &apps, &retire, workers).await;
+    if let Some(task) = progress {
+        // Awaited, not only aborted: no progress may be written after this.
+        task.abort();
+        let _ = task.await;
+    }
     control_task.abort();
 
     let kept = handed_off.as_ref().map_or(&[][..], |h| &h.kept[..]);
@@ -321,6 +336,31 @@ async fn confirm_take_over(
         "took over the listening sockets; the old process drains"
     );
     Ok((pid, accepted.connections, taker))
+}
+
+/// After a hand-off, tells the taker every [`upgrade::PROGRESS_EVERY`] what
+/// the drain still waits for, until aborted.
+async fn tell_progress(
+    sender: upgrade::give::ProgressSender,
+    apps: Arc<apps::Apps>,
+    retire: Arc<retire::Retire>,
+) {
+    let start = tokio::time::Instant::now();
+    let every = upgrade::PROGRESS_EVERY;
+    let mut tick = tokio::time::interval_at(start + every, every);
+    loop {
+        tick.tick().await;
+        let in_flight = apps
+            .generations()
+            .iter()
+            .map(|(_, g, _)| g.in_flight())
+            .sum();
+        sender.send(upgrade::Progress {
+            in_flight,
+            connections: retire.open() as u64,
+            waited_ms: start.elapsed().as_millis() as u64,
+        });
+    }
 }
 
 /// Retires the client connections, waits for requests and tunnels up to

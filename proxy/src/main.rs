@@ -149,14 +149,33 @@ fn print_ready(ready: &handoff_proxy::Ready, control: &std::path::Path) {
     let _ = out.flush();
 }
 
-/// After a hand-off, one more line when the old process finished draining
-/// (or went away without saying): `handoff-proxy old-process pid=N
-/// drained=true in_flight=0 connections_closed=true waited_ms=N`, or
-/// `... drained=unknown error="..."`.
-fn print_report(
-    pid: u32,
-    report: Result<handoff_proxy::upgrade::Report, handoff_proxy::upgrade::UpgradeError>,
-) {
+/// After a hand-off, while the old process drains, every few seconds:
+/// `handoff-proxy draining old-process pid=N in_flight=N connections=N
+/// waited_ms=N`. Then one more line when it finished (or went away
+/// without saying): `handoff-proxy old-process pid=N drained=true
+/// in_flight=0 connections_closed=true waited_ms=N`, or `...
+/// drained=unknown error="..."`.
+fn print_report(pid: u32, event: handoff_proxy::upgrade::OldProcess) {
+    let report = match event {
+        handoff_proxy::upgrade::OldProcess::Draining(p) => {
+            tracing::info!(
+                old_pid = pid,
+                in_flight = p.in_flight,
+                connections = p.connections,
+                waited_ms = p.waited_ms,
+                "the old process is draining"
+            );
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(
+                out,
+                "handoff-proxy draining old-process pid={pid} in_flight={} connections={} waited_ms={}",
+                p.in_flight, p.connections, p.waited_ms
+            );
+            let _ = out.flush();
+            return;
+        }
+        handoff_proxy::upgrade::OldProcess::Finished(report) => report,
+    };
     let line = match report {
         Ok(r) => {
             tracing::info!(

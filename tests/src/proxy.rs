@@ -154,6 +154,57 @@ impl Proxy {
         Ok(next)
     }
 
+    /// `handoff-proxy --upgrade --background` with this proxy's control
+    /// socket and state plus `extra`: the command's exit code and stdout
+    /// (and, when it failed, its stderr). The new process it leaves running
+    /// is no child of the test: stop it with [`stop_pid`].
+    pub async fn upgrade_background(&self, extra: &[&str]) -> (i32, String) {
+        let log = self.dir.join("background.log");
+        // Not tokio's `output()`, which pipes stderr: the proxy left running
+        // would hold that pipe open, and the wait would never end.
+        let mut cmd = Command::new(bin_path("handoff-proxy"));
+        cmd.args([
+            "--upgrade",
+            "--background",
+            "--http",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+        ])
+        .arg("--control")
+        .arg(&self.control)
+        .arg("--state")
+        .arg(&self.state)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap());
+        let run = tokio::task::spawn_blocking(move || cmd.output());
+        let out = tokio::time::timeout(Duration::from_secs(60), run)
+            .await
+            .expect("--background returns")
+            .unwrap()
+            .unwrap();
+        let mut stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() {
+            stdout += &std::fs::read_to_string(&log).unwrap_or_default();
+        }
+        (out.status.code().unwrap_or(-1), stdout)
+    }
+
+    /// After a hand-off, the old process's drain report (progress lines
+    /// before it are skipped).
+    pub async fn old_process_report(&mut self, timeout: Duration) -> Option<String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let line = self.next_line(left).await?;
+            if line.starts_with("handoff-proxy old-process ") {
+                return Some(line);
+            }
+        }
+    }
+
     /// The next line the proxy prints on stdout after its ready line.
     pub async fn next_line(&mut self, timeout: Duration) -> Option<String> {
         tokio::time::timeout(timeout, self.lines.recv())
@@ -228,4 +279,17 @@ impl Drop for Proxy {
             );
         }
     }
+}
+
+/// Stops a proxy the test did not start as a child (the one `--background`
+/// left running) and waits for it to go.
+pub async fn stop_pid(pid: u32) {
+    let ok = Command::new("kill").arg(pid.to_string()).status().unwrap();
+    assert!(ok.success());
+    crate::request::wait_for(
+        "the background proxy to exit",
+        Duration::from_secs(60),
+        async || !Path::new(&format!("/proc/{pid}")).exists(),
+    )
+    .await;
 }

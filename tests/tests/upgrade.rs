@@ -163,7 +163,7 @@ async fn consecutive_upgrades_under_load_refuse_and_fail_nothing() {
             p.log_text()
         );
         let report = next
-            .next_line(Duration::from_secs(10))
+            .old_process_report(Duration::from_secs(10))
             .await
             .expect("the old process's drain report");
         assert_eq!(field(&report, "drained"), Some("true"), "{report}");
@@ -229,18 +229,16 @@ async fn a_new_process_that_cannot_start_changes_nothing() {
     assert!(failed.contains("/nonexistent/site.crt"), "{failed}");
 
     // The same through the one-command form.
-    let (code, out) = background(
-        &p,
-        &[
+    let (code, out) = p
+        .upgrade_background(&[
             "--tls-cert",
             "/nonexistent/site.crt",
             "--tls-key",
             "/nonexistent/site.key",
             "--https",
             "127.0.0.1:0",
-        ],
-    )
-    .await;
+        ])
+        .await;
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains("upgrade failed") && out.contains("the running one keeps serving"),
@@ -263,7 +261,9 @@ async fn a_new_process_that_cannot_start_changes_nothing() {
     );
 
     // Then the one-command upgrade succeeds and says how it went.
-    let (code, out) = background(&p, &["--backend", &b1.addr_string()]).await;
+    let (code, out) = p
+        .upgrade_background(&["--backend", &b1.addr_string()])
+        .await;
     assert_eq!(code, 0, "{out}");
     let summary = out.lines().last().unwrap_or_default();
     assert!(
@@ -283,59 +283,7 @@ async fn a_new_process_that_cannot_start_changes_nothing() {
         "{:?}",
         report.errors
     );
-    stop_pid(new_pid).await;
-}
-
-/// `handoff-proxy --upgrade --background` with `p`'s flags and `extra`:
-/// its exit code and stdout (and, when it failed, the log).
-async fn background(p: &Proxy, extra: &[&str]) -> (i32, String) {
-    let log = p.dir.join("background.log");
-    // Not tokio's `output()`, which pipes stderr: the proxy left running
-    // would hold that pipe open, and the wait would never end.
-    let mut cmd = std::process::Command::new(bin_path("handoff-proxy"));
-    cmd.args([
-        "--upgrade",
-        "--background",
-        "--http",
-        "127.0.0.1:0",
-        "--admin",
-        "127.0.0.1:0",
-    ])
-    .arg("--control")
-    .arg(&p.control)
-    .arg("--state")
-    .arg(&p.state)
-    .args(extra)
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(std::fs::File::create(&log).unwrap());
-    let run = tokio::task::spawn_blocking(move || cmd.output());
-    let out = tokio::time::timeout(Duration::from_secs(60), run)
-        .await
-        .expect("--background returns")
-        .unwrap()
-        .unwrap();
-    let mut stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    if !out.status.success() {
-        stdout += &std::fs::read_to_string(&log).unwrap_or_default();
-    }
-    (out.status.code().unwrap_or(-1), stdout)
-}
-
-/// Stops a proxy this test did not start as a child (the one `--background`
-/// left running) and waits for it to go.
-async fn stop_pid(pid: u32) {
-    let ok = std::process::Command::new("kill")
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    handoff_tests::request::wait_for(
-        "the background proxy to exit",
-        Duration::from_secs(60),
-        async || !std::path::Path::new(&format!("/proc/{pid}")).exists(),
-    )
-    .await;
+    handoff_tests::proxy::stop_pid(new_pid).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,6 @@
 //! The giver's side: the running process hands its sockets to a new one.
 
-use super::{fds, Accepted, Message, Offer, Report, Role, UpgradeError};
+use super::{fds, Accepted, Message, Offer, Progress, Report, Role, UpgradeError};
 use crate::control::Control;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -37,6 +37,24 @@ impl HandedOff {
     /// Sends the drain outcome to the taker; it may be gone, which is fine.
     pub fn report(self, report: Report) {
         let _ = self.channel.send(&Message::Report(report).encode(), &[]);
+    }
+
+    /// A second handle on the channel, for [`Progress`] while draining.
+    /// Stop using it before [`HandedOff::report`]: the two must not write
+    /// at once.
+    pub fn progress(&self) -> Option<ProgressSender> {
+        self.channel.stream().try_clone().ok().map(ProgressSender)
+    }
+}
+
+/// Sends [`Progress`] to the taker (see [`HandedOff::progress`]).
+pub struct ProgressSender(std::os::unix::net::UnixStream);
+
+impl ProgressSender {
+    /// A few dozen bytes on a socket the taker reads: never blocks for
+    /// long. A taker that is gone is no error here.
+    pub fn send(&self, progress: Progress) {
+        let _ = fds::send(&self.0, &Message::Progress(progress).encode(), &[]);
     }
 }
 

@@ -81,6 +81,7 @@ pub enum Message {
     Offer(Offer),
     Ready(Ready),
     Accepted(Accepted),
+    Progress(Progress),
     Report(Report),
 }
 
@@ -111,6 +112,29 @@ pub struct Accepted {
     /// Client connections the giver still held when it stopped accepting;
     /// it finishes them itself.
     pub connections: u64,
+}
+
+/// How often the giver says where its drain stands, until its report: a
+/// reload waiting for the drain timeout shows what it waits for.
+pub const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Where the giver's drain stands, sent every [`PROGRESS_EVERY`].
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct Progress {
+    /// Requests and tunnels still running.
+    pub in_flight: u64,
+    /// Client connections still open.
+    pub connections: u64,
+    pub waited_ms: u64,
+}
+
+/// What the taker hears of the old process after the hand-off.
+#[derive(Debug)]
+pub enum OldProcess {
+    /// Still draining (every [`PROGRESS_EVERY`]).
+    Draining(Progress),
+    /// Done, or gone without saying ([`UpgradeError`]).
+    Finished(Result<Report, UpgradeError>),
 }
 
 /// How the giver's drain ended.

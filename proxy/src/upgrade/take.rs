@@ -1,6 +1,6 @@
 //! The taker's side: the new process asks the running one for its sockets.
 
-use super::{fds, Accepted, Message, Offer, Ready, Report, Role, UpgradeError, TEST_PAUSE_ENV};
+use super::{fds, Accepted, Message, Offer, OldProcess, Ready, Role, UpgradeError, TEST_PAUSE_ENV};
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -125,18 +125,29 @@ impl Taker {
         }
     }
 
-    /// Waits (blocking) for the giver's drain report, sent just before it
-    /// exits.
-    pub fn report(mut self) -> Result<Report, UpgradeError> {
+    /// Follows (blocking) the giver's drain: `on` hears each progress
+    /// message, then the report sent just before it exits (or why none
+    /// came).
+    pub fn follow(mut self, mut on: impl FnMut(OldProcess)) {
+        let finished = self.drain(&mut on);
+        on(OldProcess::Finished(finished));
+    }
+
+    fn drain(&mut self, on: &mut impl FnMut(OldProcess)) -> Result<super::Report, UpgradeError> {
         // The giver drains for up to its drain timeout, which this process
         // does not know; the socket closing without a report ends the wait.
         self.channel.stream().set_read_timeout(None)?;
-        let (text, _) = self.channel.recv()?;
-        match Message::decode(&text)? {
-            Message::Report(report) => Ok(report),
-            other => Err(UpgradeError::Protocol(format!(
-                "expected a report, got {other:?}"
-            ))),
+        loop {
+            let (text, _) = self.channel.recv()?;
+            match Message::decode(&text)? {
+                Message::Progress(progress) => on(OldProcess::Draining(progress)),
+                Message::Report(report) => return Ok(report),
+                other => {
+                    return Err(UpgradeError::Protocol(format!(
+                        "expected a report, got {other:?}"
+                    )))
+                }
+            }
         }
     }
 }
