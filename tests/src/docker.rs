@@ -303,25 +303,19 @@ impl Handoff {
     /// polling, and a short stability window and watch (1 s each) so the
     /// tests stay short; `extra` may override any of them.
     pub async fn deploy(&self, app: &str, image: &str, extra: &[&str]) -> Outcome {
-        let mut args = vec![
-            "deploy",
-            "--json",
-            "--init",
-            "--name",
-            app,
-            "--image",
-            image,
-            "--pull",
-            "never",
-            "--health-interval",
-            "200ms",
-            "--healthy-for",
-            "1s",
-            "--watch",
-            "1s",
-        ];
-        args.extend_from_slice(extra);
-        self.run(&args).await
+        self.run(&deploy_args(app, image, extra)).await
+    }
+
+    /// [`Handoff::deploy`] with environment variables (test hooks such as
+    /// `HANDOFF_TEST_ABORT_AT`, registry credentials).
+    pub async fn deploy_env(
+        &self,
+        app: &str,
+        image: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Outcome {
+        self.run_env(&deploy_args(app, image, extra), env).await
     }
 }
 
@@ -411,4 +405,29 @@ pub fn assert_failed(out: &Outcome, code: i32) {
     let json = out.json();
     assert_eq!(json["ok"], false, "{out}");
     assert_eq!(json["exit_code"], code, "{out}");
+}
+
+/// The arguments of [`Handoff::deploy`]; for a test that runs the command
+/// itself ([`Handoff::command`]). A flag in `extra` overrides the same one
+/// before it.
+pub fn deploy_args<'a>(app: &'a str, image: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "deploy",
+        "--json",
+        "--init",
+        "--name",
+        app,
+        "--image",
+        image,
+        "--pull",
+        "never",
+        "--health-interval",
+        "200ms",
+        "--healthy-for",
+        "1s",
+        "--watch",
+        "1s",
+    ];
+    args.extend_from_slice(extra);
+    args
 }

@@ -14,7 +14,7 @@
 //! Without a Docker engine these tests return early with a loud message,
 //! except under CI=true, where they fail.
 
-use handoff_tests::docker::{container_state, stage};
+use handoff_tests::docker::{container_state, deploy_args, stage};
 use handoff_tests::proxy::Proxy;
 use handoff_tests::request::{self, wait_for};
 use std::process::Command;
@@ -99,28 +99,14 @@ async fn case4_deployer_killed_during_drain_next_deploy_waits_for_the_draining_r
         async || client.status().await.unwrap().in_flight >= 1,
     )
     .await;
-    let args = [
-        "deploy",
-        "--json",
-        "--init",
-        "--name",
-        &env.app.name,
-        "--image",
-        &env.images.v2,
-        "--pull",
-        "never",
-        "--health-interval",
-        "200ms",
-        "--healthy-for",
-        "1s",
-        "--watch",
-        "1s",
-        "--drain-timeout",
-        "60s",
-    ];
     let out = env
         .handoff
-        .run_env(&args, &[("HANDOFF_TEST_ABORT_AT", "during-drain")])
+        .deploy_env(
+            &env.app.name,
+            &env.images.v2,
+            &["--drain-timeout", "60s"],
+            &[("HANDOFF_TEST_ABORT_AT", "during-drain")],
+        )
         .await;
     assert!(out.stderr.contains("aborting here"), "{out}");
     assert_ne!(out.code, 0, "{out}");
@@ -210,26 +196,14 @@ async fn deployer_killed_at_each_step_leaves_a_serving_site_and_the_next_deploy_
         "after-switch",
         "during-stop",
     ] {
-        let args = [
-            "deploy",
-            "--json",
-            "--init",
-            "--name",
-            &env.app.name,
-            "--image",
-            &env.images.v2,
-            "--pull",
-            "never",
-            "--health-interval",
-            "200ms",
-            "--healthy-for",
-            "1s",
-            "--watch",
-            "1s",
-        ];
         let out = env
             .handoff
-            .run_env(&args, &[("HANDOFF_TEST_ABORT_AT", step)])
+            .deploy_env(
+                &env.app.name,
+                &env.images.v2,
+                &[],
+                &[("HANDOFF_TEST_ABORT_AT", step)],
+            )
             .await;
         assert!(out.stderr.contains("aborting here"), "{step}: {out}");
         let reply = request::get(env.proxy.http, "/").await;
@@ -275,23 +249,9 @@ async fn proxy_killed_during_the_health_wait_and_restarted_the_deploy_switches_a
         return;
     };
     env.deploy_ok(&env.images.v1, &[]).await;
-    let mut cmd = env.handoff.command(&[
-        "deploy",
-        "--json",
-        "--init",
-        "--name",
-        &env.app.name,
-        "--image",
-        &env.images.v2,
-        "--pull",
-        "never",
-        "--health-interval",
-        "200ms",
-        "--healthy-for",
-        "1s",
-        "--watch",
-        "1s",
-    ]);
+    let mut cmd = env
+        .handoff
+        .command(&deploy_args(&env.app.name, &env.images.v2, &[]));
     let mut child = cmd
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

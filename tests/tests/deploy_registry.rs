@@ -17,24 +17,9 @@ use handoff_tests::docker::{assert_failed, stage, Outcome, Stage};
 use handoff_tests::registry::Registry;
 
 async fn pull(env: &Stage, image: &str, env_vars: &[(&str, &str)]) -> Outcome {
-    let args = [
-        "deploy",
-        "--json",
-        "--init",
-        "--name",
-        &env.app.name,
-        "--image",
-        image,
-        "--pull",
-        "always",
-        "--health-interval",
-        "200ms",
-        "--healthy-for",
-        "1s",
-        "--watch",
-        "1s",
-    ];
-    env.handoff.run_env(&args, env_vars).await
+    env.handoff
+        .deploy_env(&env.app.name, image, &["--pull", "always"], env_vars)
+        .await
 }
 
 fn no_secret(out: &Outcome, reg: &Registry) {
