@@ -15,7 +15,9 @@
 //! Every wait is bounded; an upgrade that does not finish is an error that
 //! names the step.
 
-use crate::procs::{children_of, find_tool, is_alive, log_tail, signal, Proc, TempDir};
+use crate::procs::{
+    children_of, find_tool, free_port, is_alive, log_tail, signal, wait_listening, Proc, TempDir,
+};
 use crate::servers::{haproxy_config, nginx_args, HandoffProxy, NginxFiles, NGINX_PROXY};
 use crate::tls::TlsFiles;
 use anyhow::{anyhow, bail, Context, Result};
@@ -129,7 +131,7 @@ const NGINX_WS: &str = r#"            proxy_pass http://app;
 
 impl DaemonNginx {
     pub fn start(backend_port: u16, tls: &TlsFiles) -> Result<DaemonNginx> {
-        let tls_port = crate::procs::free_port()?;
+        let tls_port = free_port()?;
         let (cert, key) = (tls.cert.display(), tls.key.display());
         let servers = |port: u16| {
             format!(
@@ -261,13 +263,13 @@ impl ReloadableHaproxy {
         let bin = find_tool("haproxy")
             .ok_or_else(|| anyhow!("haproxy not found (apt-get install -y haproxy)"))?;
         let dir = TempDir::new("haproxy-reload")?;
-        let port = crate::procs::free_port()?;
+        let port = free_port()?;
         let stats = dir.path().join("admin.sock");
         let global = format!(
             "    stats socket {} mode 600 expose-fd listeners level admin\n",
             stats.display()
         );
-        let tls_port = crate::procs::free_port()?;
+        let tls_port = free_port()?;
         let bind = format!(
             "    bind 127.0.0.1:{tls_port} ssl crt {} alpn h2,http/1.1\n",
             tls.combined.display()
@@ -287,8 +289,7 @@ impl ReloadableHaproxy {
             https,
         };
         let log = h.log(1);
-        let proc = &mut h.proc;
-        crate::procs::wait_listening(proc, addr, READY_TIMEOUT)
+        wait_listening(&mut h.proc, addr, READY_TIMEOUT)
             .map_err(|e| anyhow!("{e}; log:\n{}", log_tail(&log)))?;
         Ok(h)
     }
