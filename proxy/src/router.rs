@@ -77,7 +77,14 @@ impl Router {
         let h2c = (protocol == BackendProtocol::H2c)
             .then(|| upstream::h2c::H2Pool::new(addr.clone(), self.settings.clone()));
         let new = Arc::new(Generation::new(id, addr, pool, h2c));
-        let previous = self.active.swap(Some(Arc::clone(&new)));
+        let previous = self.replace_active(Some(Arc::clone(&new)));
+        (new, previous)
+    }
+
+    /// Makes `next` the active generation; the one it replaces is retired
+    /// and kept in the list until its last request is done.
+    fn replace_active(&self, next: Option<Arc<Generation>>) -> Option<Arc<Generation>> {
+        let previous = self.active.swap(next);
         fence(SeqCst);
         if let Some(prev) = &previous {
             prev.retire();
@@ -87,7 +94,7 @@ impl Router {
                 .push(Arc::clone(prev));
             self.reap_when_drained(Arc::clone(prev));
         }
-        (new, previous)
+        previous
     }
 
     /// Drops a retired generation from the list once its last request is done,
@@ -106,17 +113,7 @@ impl Router {
     /// Stops routing to any generation (the app is being removed): the
     /// active one is retired and drains like one switched away from.
     pub fn retire_active(&self) -> Option<Arc<Generation>> {
-        let previous = self.active.swap(None);
-        fence(SeqCst);
-        if let Some(prev) = &previous {
-            prev.retire();
-            self.retired
-                .lock()
-                .expect("retired list poisoned")
-                .push(Arc::clone(prev));
-            self.reap_when_drained(Arc::clone(prev));
-        }
-        previous
+        self.replace_active(None)
     }
 
     pub fn active(&self) -> Option<Arc<Generation>> {
